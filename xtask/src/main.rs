@@ -1,1 +1,252 @@
-fn main() {}
+//! `cargo xtask`: the project's build and run tasks.
+//!
+//! - `setup`: install what a fresh Debian 12 machine lacks (packages, bpf-linker); idempotent.
+//! - `build-ebpf`: build the BPF object the node agent embeds.
+//! - `test`: build the BPF object, then run the whole test suite.
+//! - `bench`: run the datapath benchmark (direct vs iptables vs Keel).
+//! - `demo`: the single-node datapath demo.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Keel's build and run tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the Debian packages and bpf-linker the build, tests and benchmark need.
+    Setup,
+    /// Build the eBPF programs (release, with BTF) into target/bpf.
+    BuildEbpf,
+    /// Build the eBPF programs, then run every test (root-only tests skip when not root).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark the datapath against direct pod IPs and a kube-proxy iptables ruleset (root).
+    Bench {
+        /// Arguments for keel-bench (`--quick`, `--json PATH`, `--chart PATH`, `--services 1,1000`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Single-node demo: backends in network namespaces behind a ClusterIP and a NodePort (root).
+    Demo,
+}
+
+/// Debian packages: the BPF toolchain (see ../shared/TOOLCHAIN.md and the README), and the
+/// tools the tests and the benchmark drive.
+const PACKAGES: &[&str] = &[
+    // Debian's rustc 1.96 on LLVM 22 with a prebuilt `core` for bpfel-unknown-none.
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    // bpf-linker is built against LLVM 22 and needs it at run time.
+    "llvm-22",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    // Networking tools used by tests and the benchmark.
+    "iproute2",
+    "iptables",
+    "bpftool",
+    "wrk",
+    "iperf3",
+    "nginx-light",
+    // The benchmark chart.
+    "python3-matplotlib",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_TARGET: &str = "bpfel-unknown-none";
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Test { args } => test(&args),
+        Task::Bench { args } => bench(&args),
+        Task::Demo => demo(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status: ExitStatus = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+fn os_release() -> (String, String, String) {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    (get("ID"), get("VERSION_ID"), get("ID_LIKE"))
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn bpf_linker() -> PathBuf {
+    let home = env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+    home.join("bin/bpf-linker")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(bpf_linker())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn setup() -> Result<()> {
+    let (id, version, like) = os_release();
+    let debian12 = id == "debian" && version == "12";
+    if !debian12 {
+        eprintln!(
+            "xtask setup: this machine is {id} {version}; automatic setup supports Debian 12.\n\
+             Install instead:\n\
+             - a Rust toolchain that can build for {BPF_TARGET}: either Debian-style `rustc-web` +\n\
+               `libstd-rust-web-dev-bpf` (prebuilt BPF core), or rustup nightly with the rust-src\n\
+               component (`rustup toolchain install nightly --component rust-src`);\n\
+             - LLVM 22 development files (llvm-22-dev, libpolly-22-dev, zlib and zstd dev packages);\n\
+             - bpf-linker {BPF_LINKER_VERSION}: LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
+               --locked --no-default-features --features llvm-22;\n\
+             - for tests and benchmarks: iproute2, iptables, bpftool, wrk, iperf3, nginx, python3 with matplotlib.\n\
+             Then run `cargo xtask build-ebpf` (set KEEL_EBPF_TOOLCHAIN=nightly for the rustup route)."
+        );
+        if !like.split_whitespace().any(|l| l == "debian") && id != "debian" {
+            bail!("unsupported distribution for automatic setup (see above for what to install)");
+        }
+        eprintln!("xtask setup: {id} is Debian-like; trying the Debian packages anyway");
+    }
+    let missing = missing_packages();
+    if missing.is_empty() {
+        eprintln!("xtask setup: Debian packages present");
+    } else {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root (it uses apt-get)");
+        }
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if bpf_linker_ok() {
+        eprintln!("xtask setup: bpf-linker {BPF_LINKER_VERSION} present");
+    } else {
+        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+        let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+        run(Command::new(cargo())
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .env("PATH", path))?;
+    }
+    eprintln!("xtask setup: done");
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    let root = root();
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(&root)
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", bpf_linker())
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if env::var("KEEL_EBPF_TOOLCHAIN").as_deref() == Ok("nightly") {
+        // The upstream aya route: rustup nightly with rust-src builds `core` for BPF itself.
+        cmd.args(["+nightly", "build", "-Z", "build-std=core"]);
+    } else {
+        // Debian's rustc ships a prebuilt `core` for BPF; aya-ebpf needs nightly features,
+        // which RUSTC_BOOTSTRAP unlocks on this stable compiler.
+        if !Path::new("/usr/bin/rustc").exists() || !bpf_linker().exists() {
+            bail!("the BPF toolchain is missing: run `cargo xtask setup` (or see the README for other distributions)");
+        }
+        cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").args(["build", "--ignore-rust-version"]);
+    }
+    cmd.args(["--release", "--target", BPF_TARGET, "-p", "keel-ebpf", "--target-dir"])
+        .arg(root.join("target/bpf"));
+    eprintln!("xtask: building the eBPF programs");
+    run(&mut cmd)?;
+    let object = root.join("target/bpf").join(BPF_TARGET).join("release/keel-datapath");
+    if !object.exists() {
+        bail!("the build finished but {} is missing", object.display());
+    }
+    eprintln!("xtask: built {}", object.display());
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    build_ebpf()?;
+    if !is_root() {
+        eprintln!("xtask test: not root: tests that need root (BPF, namespaces) will print SKIP");
+    }
+    run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace"]).args(args))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    build_ebpf()?;
+    if !is_root() {
+        bail!("the benchmark builds network namespaces and loads BPF programs: run it as root");
+    }
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["run", "--quiet", "--release", "-p", "keel-tests", "--bin", "keel-bench", "--"])
+        .args(args))
+}
+
+fn demo() -> Result<()> {
+    build_ebpf()?;
+    if !is_root() {
+        bail!("the demo builds network namespaces and loads BPF programs: run it as root");
+    }
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["run", "--quiet", "--release", "-p", "keel-tests", "--bin", "keel-demo", "--"]))
+}
