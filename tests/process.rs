@@ -51,9 +51,18 @@ pub struct ProcessGuard {
 ///
 /// The child also gets `PR_SET_PDEATHSIG = SIGKILL`: it dies if the thread that spawned it exits,
 /// so spawn long-lived children from a thread that outlives them (the test's own thread).
-pub fn spawn_in(ns: &str, cgroup: Option<&Cgroup>, mut cmd: Command) -> Result<ProcessGuard> {
+pub fn spawn_in(ns: &str, cgroup: Option<&Cgroup>, cmd: Command) -> Result<ProcessGuard> {
+    spawn_with(Some(ns), cgroup, cmd)
+}
+
+/// Starts `cmd` in the caller's namespaces, with the same kill-on-drop handle as [`spawn_in`].
+pub fn spawn(cmd: Command) -> Result<ProcessGuard> {
+    spawn_with(None, None, cmd)
+}
+
+fn spawn_with(ns: Option<&str>, cgroup: Option<&Cgroup>, mut cmd: Command) -> Result<ProcessGuard> {
     let label = describe(&cmd);
-    let netns = open_netns(ns)?;
+    let netns = ns.map(open_netns).transpose()?;
     let procs = cgroup
         .map(|cg| {
             let file = cg.procs_file();
@@ -63,7 +72,7 @@ pub fn spawn_in(ns: &str, cgroup: Option<&Cgroup>, mut cmd: Command) -> Result<P
                 .with_context(|| format!("opening {}", file.display()))
         })
         .transpose()?;
-    let netns_fd = netns.as_raw_fd();
+    let netns_fd = netns.as_ref().map(File::as_raw_fd);
     let procs_fd = procs.as_ref().map(File::as_raw_fd);
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
@@ -85,7 +94,9 @@ pub fn spawn_in(ns: &str, cgroup: Option<&Cgroup>, mut cmd: Command) -> Result<P
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -93,7 +104,10 @@ pub fn spawn_in(ns: &str, cgroup: Option<&Cgroup>, mut cmd: Command) -> Result<P
     }
     let child = cmd
         .spawn()
-        .with_context(|| format!("starting `{label}` in network namespace {ns}"))?;
+        .with_context(|| match ns {
+            Some(ns) => format!("starting `{label}` in network namespace {ns}"),
+            None => format!("starting `{label}`"),
+        })?;
     drop((netns, procs));
     Ok(ProcessGuard { child, label, exited: None })
 }

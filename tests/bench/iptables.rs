@@ -235,7 +235,8 @@ mod tests {
         let services: Vec<&str> =
             rules.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).collect();
         assert_eq!(services.len(), 5);
-        assert!(services[3].contains("target-iperf"));
+        assert!(services[2].contains("target-iperf"));
+        assert!(services[3].contains("target-http"));
         assert!(services[4].contains("-j KUBE-NODEPORTS"));
         assert!(rules.contains("--probability 0.3333333333"));
         assert!(rules.contains("--probability 0.5000000000"));

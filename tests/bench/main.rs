@@ -1,33 +1,159 @@
-use keel_tests::{cgroup::Cgroup, netns::*, servers::*, process::*};
+//! `keel-bench`: Keel's datapath against kube-proxy-shaped iptables rules and the direct pod IP,
+//! in network namespaces (client pod → node → 3 backend pods), at several numbers of services:
+//! new-connection rate, keep-alive request rate, single-stream throughput and the time to
+//! program all services. Needs root, wrk, iperf3, nginx (nginx-light), iptables and nftables;
+//! the chart needs python3-matplotlib.
+//!
+//! Modules: [`catalogue`] (the services), [`iptables`] (kube-proxy's nat table, loaded and
+//! removed), [`keel`] (Keel's datapath, loaded and torn down), [`backends`] (nginx and iperf3
+//! servers), [`load`] (wrk and iperf3 clients), [`harness`] (the plan), [`report`] (table, JSON,
+//! chart), [`probe`] (a request check run inside the client pod).
+
+mod backends;
+mod catalogue;
+mod harness;
+mod iptables;
+mod keel;
+mod load;
+mod probe;
+mod report;
+
 use std::net::SocketAddrV4;
-use std::time::Duration;
-fn main() -> anyhow::Result<()> {
-    let bin = std::path::PathBuf::from("/work/main/target/debug/keel-testsrv");
-    let topo = Topology::builder().pods(3).outside(true).build()?;
-    println!("{:?}", topo);
-    let cg = Cgroup::create()?;
-    println!("cg {}", cg.path().display());
-    let _s1 = spawn_server(&bin, topo.pod(1).netns(), Proto::Http, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 8080), "b1")?;
-    let _s2 = spawn_server(&bin, topo.pod(2).netns(), Proto::Tcp, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 9000), "b2")?;
-    let _s3 = spawn_server(&bin, topo.pod(2).netns(), Proto::Udp, SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 9001), "b2u")?;
-    let r = ask(&bin, topo.pod(0).netns(), Some(&cg), Proto::Http, SocketAddrV4::new(topo.pod(1).ip(), 8080), AskOptions{count:3, ..Default::default()})?;
-    println!("{r:?}");
-    let r = ask(&bin, topo.outside_netns().unwrap(), None, Proto::Tcp, SocketAddrV4::new(topo.pod(2).ip(), 9000), AskOptions{count:2, ..Default::default()})?;
-    println!("{r:?}");
-    let r = ask(&bin, topo.pod(0).netns(), None, Proto::Udp, SocketAddrV4::new(topo.pod(2).ip(), 9001), AskOptions{count:2, unconnected: true, ..Default::default()})?;
-    println!("{r:?}");
-    let r = ask(&bin, topo.pod(0).netns(), None, Proto::Tcp, SocketAddrV4::new(topo.pod(2).ip(), 9999), AskOptions{count:2, ..Default::default()})?;
-    println!("{r:?}");
-    let mut c = Client::start(&bin, topo.pod(0).netns(), Some(&cg), Proto::Tcp, SocketAddrV4::new(topo.pod(2).ip(), 9000), AskOptions::default())?;
-    println!("{:?} {:?}", c.exchange()?, c.exchange()?);
-    println!("procs in cg {:?}", cg.procs()?);
-    let n = run_in_netns(topo.node_netns(), || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward"))??;
-    let r = run_in_netns(topo.node_netns(), || std::fs::read_to_string("/proc/sys/net/ipv4/conf/veth-pod0/rp_filter"))??;
-    let h = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
-    println!("fwd node {n} host {h} rp {r}");
-    let out = run_in(topo.node_netns(), None, { let mut c = std::process::Command::new("ip"); c.args(["-br","addr"]); c}, Limits::timeout(Duration::from_secs(2)))?;
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    let out = run_in(topo.node_netns(), None, { let mut c = std::process::Command::new("ip"); c.args(["route"]); c}, Limits::timeout(Duration::from_secs(2)))?;
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    Ok(())
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::harness::Plan;
+use crate::load::Durations;
+use crate::report::DatapathKind;
+
+#[derive(Parser)]
+#[command(about = "Benchmark Keel's datapath against iptables (kube-proxy) and direct pod IPs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    /// Short runs, scales 1, 1000 and 10000, one repetition (under three minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Numbers of services to measure at [default: 1,1000,10000,100000; quick: 1,1000,10000].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=catalogue::MAX_SERVICES as i64))]
+    services: Vec<u32>,
+    /// Datapaths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "direct,iptables,keel")]
+    datapaths: Vec<DatapathKind>,
+    /// Repetitions per datapath and scale; figures are medians [default: 3; quick: 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    reps: Option<u32>,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw the chart here (python3 + matplotlib).
+    #[arg(long, default_value = "bench-results/datapath.png")]
+    chart: PathBuf,
+    /// Don't draw the chart.
+    #[arg(long)]
+    no_chart: bool,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// Internal: HTTP requests to a target, one connection each (run inside the client pod).
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        to: SocketAddrV4,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+    },
+}
+
+fn plan(cli: &Cli) -> Result<Plan> {
+    let mut datapaths = cli.datapaths.clone();
+    datapaths.dedup();
+    if datapaths.is_empty() {
+        bail!("no datapath to measure");
+    }
+    let scales: Vec<usize> = if cli.services.is_empty() {
+        if cli.quick { vec![1, 1000, 10_000] } else { vec![1, 1000, 10_000, 100_000] }
+    } else {
+        cli.services.iter().map(|&n| n as usize).collect()
+    };
+    let durations = if cli.quick {
+        Durations {
+            wrk: Duration::from_secs(2),
+            iperf: Duration::from_secs(2),
+            iperf_omit: Duration::from_secs(1),
+        }
+    } else {
+        Durations {
+            wrk: Duration::from_secs(3),
+            iperf: Duration::from_secs(3),
+            iperf_omit: Duration::from_secs(1),
+        }
+    };
+    let reps = cli.reps.unwrap_or(if cli.quick { 1 } else { 3 });
+    Ok(Plan { scales, reps, datapaths, durations })
+}
+
+/// Ctrl-C (or SIGTERM/SIGHUP) sets the flag: waits give up, guards clean up, the run ends with
+/// an error. A second signal exits at once (leftovers are swept by the next run).
+fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
+            .context("installing a signal handler")?;
+        signal_hook::flag::register(signal, flag.clone()).context("installing a signal handler")?;
+    }
+    Ok(flag)
+}
+
+fn bench(cli: &Cli) -> Result<bool> {
+    let plan = plan(cli)?;
+    let cancel = cancel_on_signals()?;
+    let start = Instant::now();
+    let outcome = harness::run(&plan, &cancel)?;
+    eprintln!("done in {:.0} s", start.elapsed().as_secs_f64());
+    print!("{}", report::table(&outcome.rows));
+    if let Some(path) = &cli.json {
+        report::write_json(&outcome.rows, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if !cli.no_chart {
+        match report::draw_chart(&outcome.rows, &cli.chart) {
+            Ok(()) => eprintln!("wrote {}", cli.chart.display()),
+            Err(e) => {
+                eprintln!("warning: {e:#}");
+                return Ok(false);
+            }
+        }
+    }
+    if !outcome.failures.is_empty() {
+        eprintln!("{} measurement(s) failed:", outcome.failures.len());
+        for f in &outcome.failures {
+            eprintln!("  {f}");
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Internal::Probe { to, count }) => probe::run(to, count).map(|()| true),
+        None => bench(&cli),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("keel-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

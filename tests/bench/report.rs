@@ -145,7 +145,7 @@ pub fn draw_chart(rows: &[Row], path: &Path) -> Result<()> {
     for python in PYTHONS {
         let mut cmd = Command::new(python);
         cmd.arg("-c").arg(CHART_SCRIPT).arg(data.path()).arg(path);
-        let mut child = match keel_tests::process::spawn_local(cmd) {
+        let mut child = match keel_tests::process::spawn(cmd) {
             Ok(child) => child,
             Err(e) => {
                 last_error = format!("{e:#}");

@@ -148,6 +148,9 @@ pub const CT_REPLY: u8 = 1;
 
 /// TCP flow saw FIN or RST: the entry lives only `CT_CLOSING_TIMEOUT_NS` more.
 pub const CT_FLAG_CLOSING: u8 = 1 << 0;
+/// The client addressed one of the node's own addresses (NodePort): the reply's new source is
+/// local, so the kernel would drop it as a martian if routed; it is redirected out directly.
+pub const CT_FLAG_NODE_FRONTEND: u8 = 1 << 1;
 
 /// Value of the conntrack map.
 #[repr(C)]

@@ -52,7 +52,7 @@ pub fn lookup(p: &Packet) -> Option<CtEntry> {
 
 /// Records a new translated flow: `p` (client → frontend) now goes to `baddr:bport`.
 #[inline(always)]
-pub fn create(p: &Packet, backend_id: u32, baddr: u32, bport: u16, rev_nat: u32) {
+pub fn create(p: &Packet, backend_id: u32, baddr: u32, bport: u16, rev_nat: u32, flags: u8) {
     let now = unsafe { bpf_ktime_get_ns() };
     let expires_ns = now + lifetime(p, 0);
     let fwd = CtEntry {
@@ -61,7 +61,7 @@ pub fn create(p: &Packet, backend_id: u32, baddr: u32, bport: u16, rev_nat: u32)
         orig_addr: p.daddr,
         orig_port: p.dport,
         kind: CT_FORWARD,
-        flags: 0,
+        flags,
         expires_ns,
     };
     let reply_key = CtKey { saddr: baddr, daddr: p.saddr, sport: bport, dport: p.sport, proto: p.proto, _pad: [0; 3] };

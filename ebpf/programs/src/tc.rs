@@ -3,13 +3,13 @@
 //! that bypassed them. Also moves UDP flows off retired backends and rejects frontends without
 //! backends.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    bindings::{bpf_fib_lookup, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
 use keel_common::{
-    BackendAddr, DropReason, ServiceKey, AFFINITY_BY_ADDR, CT_FORWARD, PROTO_UDP,
-    RETIRED_TTL_NS, SVC_FLAG_NO_LOCAL,
+    BackendAddr, DropReason, ServiceKey, AFFINITY_BY_ADDR, CT_FLAG_NODE_FRONTEND, CT_FORWARD,
+    PROTO_UDP, RETIRED_TTL_NS, SCOPE_NODEPORT, SVC_FLAG_NO_LOCAL,
 };
 
 use crate::{
@@ -58,7 +58,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
             // peer gets a RST from the new backend, as it would from a restarted one).
             ct::forget(&p);
         } else {
-            return nat(ctx, &p, e.rev_nat, |ctx, p| set_source(ctx, p, e.orig_addr, e.orig_port));
+            let verdict = nat(ctx, &p, e.rev_nat, |ctx, p| set_source(ctx, p, e.orig_addr, e.orig_port));
+            if verdict == PASS && e.flags & CT_FLAG_NODE_FRONTEND != 0 {
+                return redirect_routed(ctx, &p, e.orig_addr);
+            }
+            return verdict;
         }
     }
 
@@ -103,7 +107,8 @@ fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend) -> i32 {
             Err(()) => drop(DropReason::RejectFailed),
         };
     };
-    ct::create(p, id, b.addr, b.port, fe.svc.rev_nat);
+    let flags = if fe.key.scope == SCOPE_NODEPORT { CT_FLAG_NODE_FRONTEND } else { 0 };
+    ct::create(p, id, b.addr, b.port, fe.svc.rev_nat, flags);
     count_service(fe.svc.rev_nat, |c| c.packet_lb_flows += 1);
     nat(ctx, p, fe.svc.rev_nat, |ctx, p| set_destination(ctx, p, b.addr, b.port))
 }
@@ -125,4 +130,33 @@ fn retired_frontend(p: &Packet) -> Option<Frontend> {
     // SAFETY: copied out at once.
     let svc = unsafe { KEEL_SERVICES.get(&key).copied() }?;
     Some(Frontend { key, svc })
+}
+
+const AF_INET: u8 = 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+
+/// Sends a reverse-NATed reply whose new source is one of the node's own addresses straight to
+/// its egress device (FIB lookup + neighbour resolution), as Cilium does: handed to the stack,
+/// a forwarded packet with a local source address is dropped as a martian.
+#[inline(always)]
+fn redirect_routed(ctx: &TcContext, p: &Packet, new_src: u32) -> i32 {
+    // SAFETY: plain-old-data kernel struct; all-zero is its documented initial state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = p.proto;
+    params.__bindgen_anon_1.tot_len = p.tot_len;
+    // SAFETY: reading our own skb's metadata.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = new_src;
+    params.__bindgen_anon_4.ipv4_dst = p.daddr;
+    // SAFETY: params is a valid, fully initialised bpf_fib_lookup on our stack.
+    let rc = unsafe {
+        fib_lookup(ctx.skb.skb.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        return PASS;
+    }
+    // SAFETY: helper call; the kernel resolves the next hop's MAC itself.
+    unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
