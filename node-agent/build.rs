@@ -5,9 +5,9 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let object = env::var_os("KEEL_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| {
-        manifest.join("../target/bpf/bpfel-unknown-none/release/keel-datapath")
-    });
+    let object = env::var_os("KEEL_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../target/bpf/bpfel-unknown-none/release/keel-datapath"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("keel-datapath.o");
     println!("cargo:rerun-if-env-changed=KEEL_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());

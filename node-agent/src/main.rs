@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use keel_agent::{
-    datapath::{Datapath, DatapathConfig, DEFAULT_PIN_DIR},
+    datapath::{DEFAULT_PIN_DIR, Datapath, DatapathConfig},
     manifest,
 };
 use tracing::{info, warn};
@@ -93,7 +93,8 @@ fn main() {
 }
 
 fn read_manifest(path: &PathBuf) -> Result<manifest::DatapathObjects> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     manifest::parse(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -107,15 +108,19 @@ fn enter_netns(name: &str) -> Result<()> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: valid namespace fd; affects only this (single-threaded at this point) process.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering netns {name}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering netns {name}"));
     }
     Ok(())
 }
 
 fn run_datapath(args: DatapathArgs) -> Result<()> {
     let objects = read_manifest(&args.manifests)?;
-    let mut dp = Datapath::load(DatapathConfig { pin_dir: args.pin_dir.clone(), node_name: args.node_name.clone() })
-        .context("loading the datapath")?;
+    let mut dp = Datapath::load(DatapathConfig {
+        pin_dir: args.pin_dir.clone(),
+        node_name: args.node_name.clone(),
+    })
+    .context("loading the datapath")?;
     for cg in &args.cgroup {
         dp.attach_cgroup(cg)?;
     }
@@ -138,16 +143,23 @@ fn run_datapath(args: DatapathArgs) -> Result<()> {
         "datapath programmed"
     );
     // Tests and scripts wait for this line.
-    println!("ready frontends={} writes={}", stats.frontends, stats.writes);
+    println!(
+        "ready frontends={} writes={}",
+        stats.frontends, stats.writes
+    );
     if args.once {
         return Ok(());
     }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
-        libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mtime = |p: &PathBuf| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
     let mut seen = mtime(&args.manifests);
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(200));
@@ -172,7 +184,10 @@ fn run_datapath(args: DatapathArgs) -> Result<()> {
 }
 
 fn stats(pin_dir: PathBuf) -> Result<()> {
-    let dp = Datapath::load(DatapathConfig { pin_dir, node_name: String::new() })?;
+    let dp = Datapath::load(DatapathConfig {
+        pin_dir,
+        node_name: String::new(),
+    })?;
     let c = dp.counters()?;
     println!("drops:");
     for (reason, n) in &c.drops {

@@ -11,7 +11,7 @@ use std::{
     process::{Command, ExitStatus},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -86,7 +86,10 @@ fn main() {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> String {
@@ -102,7 +105,11 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false)
 }
 
 fn os_release() -> (String, String, String) {
@@ -130,7 +137,9 @@ fn missing_packages() -> Vec<&'static str> {
 fn bpf_linker() -> PathBuf {
     let home = env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        });
     home.join("bin/bpf-linker")
 }
 
@@ -168,7 +177,9 @@ fn setup() -> Result<()> {
         eprintln!("xtask setup: Debian packages present");
     } else {
         if !is_root() {
-            bail!("missing Debian packages {missing:?}; run `cargo xtask setup` as root (it uses apt-get)");
+            bail!(
+                "missing Debian packages {missing:?}; run `cargo xtask setup` as root (it uses apt-get)"
+            );
         }
         eprintln!("xtask setup: installing {}", missing.join(" "));
         run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -180,10 +191,21 @@ fn setup() -> Result<()> {
     if bpf_linker_ok() {
         eprintln!("xtask setup: bpf-linker {BPF_LINKER_VERSION} present");
     } else {
-        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-        let path = format!("/usr/lib/llvm-22/bin:{}", env::var("PATH").unwrap_or_default());
+        eprintln!(
+            "xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            env::var("PATH").unwrap_or_default()
+        );
         run(Command::new(cargo())
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("PATH", path))?;
@@ -206,15 +228,29 @@ fn build_ebpf() -> Result<()> {
         // Debian's rustc ships a prebuilt `core` for BPF; aya-ebpf needs nightly features,
         // which RUSTC_BOOTSTRAP unlocks on this stable compiler.
         if !Path::new("/usr/bin/rustc").exists() || !bpf_linker().exists() {
-            bail!("the BPF toolchain is missing: run `cargo xtask setup` (or see the README for other distributions)");
+            bail!(
+                "the BPF toolchain is missing: run `cargo xtask setup` (or see the README for other distributions)"
+            );
         }
-        cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").args(["build", "--ignore-rust-version"]);
+        cmd.env("RUSTC", "/usr/bin/rustc")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["build", "--ignore-rust-version"]);
     }
-    cmd.args(["--release", "--target", BPF_TARGET, "-p", "keel-ebpf", "--target-dir"])
-        .arg(root.join("target/bpf"));
+    cmd.args([
+        "--release",
+        "--target",
+        BPF_TARGET,
+        "-p",
+        "keel-ebpf",
+        "--target-dir",
+    ])
+    .arg(root.join("target/bpf"));
     eprintln!("xtask: building the eBPF programs");
     run(&mut cmd)?;
-    let object = root.join("target/bpf").join(BPF_TARGET).join("release/keel-datapath");
+    let object = root
+        .join("target/bpf")
+        .join(BPF_TARGET)
+        .join("release/keel-datapath");
     if !object.exists() {
         bail!("the build finished but {} is missing", object.display());
     }
@@ -227,7 +263,10 @@ fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("xtask test: not root: tests that need root (BPF, namespaces) will print SKIP");
     }
-    run(Command::new(cargo()).current_dir(root()).args(["test", "--workspace"]).args(args))
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .args(args))
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -237,7 +276,16 @@ fn bench(args: &[String]) -> Result<()> {
     }
     run(Command::new(cargo())
         .current_dir(root())
-        .args(["run", "--quiet", "--release", "-p", "keel-tests", "--bin", "keel-bench", "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "keel-tests",
+            "--bin",
+            "keel-bench",
+            "--",
+        ])
         .args(args))
 }
 
@@ -246,7 +294,14 @@ fn demo() -> Result<()> {
     if !is_root() {
         bail!("the demo builds network namespaces and loads BPF programs: run it as root");
     }
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args(["run", "--quiet", "--release", "-p", "keel-tests", "--bin", "keel-demo", "--"]))
+    run(Command::new(cargo()).current_dir(root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "keel-tests",
+        "--bin",
+        "keel-demo",
+        "--",
+    ]))
 }

@@ -3,8 +3,8 @@
 //! the frontend as source). Entries expire by time; TCP FIN/RST shortens their life.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use keel_common::{
-    CtEntry, CtKey, CT_CLOSING_TIMEOUT_NS, CT_FLAG_CLOSING, CT_FORWARD, CT_REPLY,
-    CT_TCP_SYN_TIMEOUT_NS, CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, PROTO_TCP,
+    CT_CLOSING_TIMEOUT_NS, CT_FLAG_CLOSING, CT_FORWARD, CT_REPLY, CT_TCP_SYN_TIMEOUT_NS,
+    CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, CtEntry, CtKey, PROTO_TCP,
 };
 
 use crate::{
@@ -14,7 +14,14 @@ use crate::{
 
 #[inline(always)]
 pub fn key_of(p: &Packet) -> CtKey {
-    CtKey { saddr: p.saddr, daddr: p.daddr, sport: p.sport, dport: p.dport, proto: p.proto, _pad: [0; 3] }
+    CtKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        _pad: [0; 3],
+    }
 }
 
 #[inline(always)]
@@ -64,8 +71,18 @@ pub fn create(p: &Packet, backend_id: u32, baddr: u32, bport: u16, rev_nat: u32,
         flags,
         expires_ns,
     };
-    let reply_key = CtKey { saddr: baddr, daddr: p.saddr, sport: bport, dport: p.sport, proto: p.proto, _pad: [0; 3] };
-    let reply = CtEntry { kind: CT_REPLY, ..fwd };
+    let reply_key = CtKey {
+        saddr: baddr,
+        daddr: p.saddr,
+        sport: bport,
+        dport: p.sport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    let reply = CtEntry {
+        kind: CT_REPLY,
+        ..fwd
+    };
     let _ = KEEL_CT.insert(&reply_key, &reply, 0);
     let _ = KEEL_CT.insert(&key_of(p), &fwd, 0);
 }

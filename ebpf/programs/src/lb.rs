@@ -1,8 +1,8 @@
 //! Frontend lookup and backend selection (random, or sticky with `sessionAffinity: ClientIP`).
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use keel_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, NODEPORT_MAX, NODEPORT_MIN,
-    SCOPE_ADDR, SCOPE_NODEPORT, SVC_FLAG_AFFINITY,
+    AffinityKey, AffinityValue, Backend, NODEPORT_MAX, NODEPORT_MIN, SCOPE_ADDR, SCOPE_NODEPORT,
+    SVC_FLAG_AFFINITY, ServiceKey, ServiceValue,
 };
 
 use crate::maps::{KEEL_AFFINITY, KEEL_BACKENDS, KEEL_NODE_ADDRS, KEEL_SERVICES};
@@ -25,7 +25,14 @@ fn get_service(key: &ServiceKey) -> Option<ServiceValue> {
 /// (ClusterIP, external IP), else a NodePort when `daddr` is one of the node's addresses.
 #[inline(always)]
 pub fn lookup_frontend(daddr: u32, dport: u16, proto: u8) -> Option<Frontend> {
-    let mut key = ServiceKey { addr: daddr, port: dport, proto, scope: SCOPE_ADDR, slot: 0, _pad: 0 };
+    let mut key = ServiceKey {
+        addr: daddr,
+        port: dport,
+        proto,
+        scope: SCOPE_ADDR,
+        slot: 0,
+        _pad: 0,
+    };
     if let Some(svc) = get_service(&key) {
         return Some(Frontend { key, svc });
     }
@@ -57,7 +64,11 @@ pub fn select_backend(fe: &Frontend, client: u64, kind: u32) -> Option<(u32, Bac
         return None;
     }
     let sticky = fe.svc.flags & SVC_FLAG_AFFINITY != 0;
-    let aff_key = AffinityKey { client, rev_nat: fe.svc.rev_nat, kind };
+    let aff_key = AffinityKey {
+        client,
+        rev_nat: fe.svc.rev_nat,
+        kind,
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     if sticky {
         // The agent deletes affinity entries whose backend left the frontend's slots, so a
@@ -67,7 +78,11 @@ pub fn select_backend(fe: &Frontend, client: u64, kind: u32) -> Option<(u32, Bac
             let timeout_ns = fe.svc.affinity_timeout_s as u64 * 1_000_000_000;
             if now.wrapping_sub(prev.last_used_ns) < timeout_ns {
                 if let Some(b) = get_backend(prev.backend_id) {
-                    let v = AffinityValue { backend_id: prev.backend_id, _pad: 0, last_used_ns: now };
+                    let v = AffinityValue {
+                        backend_id: prev.backend_id,
+                        _pad: 0,
+                        last_used_ns: now,
+                    };
                     let _ = KEEL_AFFINITY.insert(&aff_key, &v, 0);
                     return Some((prev.backend_id, b));
                 }
@@ -80,9 +95,12 @@ pub fn select_backend(fe: &Frontend, client: u64, kind: u32) -> Option<(u32, Bac
     let id = get_service(&key)?.backend_id;
     let b = get_backend(id)?;
     if sticky {
-        let v = AffinityValue { backend_id: id, _pad: 0, last_used_ns: now };
+        let v = AffinityValue {
+            backend_id: id,
+            _pad: 0,
+            last_used_ns: now,
+        };
         let _ = KEEL_AFFINITY.insert(&aff_key, &v, 0);
     }
     Some((id, b))
 }
-

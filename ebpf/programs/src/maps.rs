@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use keel_common::{
-    capacity, AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, CtKey, DropReason,
-    Retired, RevNat, ServiceCounters, ServiceKey, ServiceValue, SockRevKey, SockRevValue,
+    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, CtKey, DropReason, Retired, RevNat,
+    ServiceCounters, ServiceKey, ServiceValue, SockRevKey, SockRevValue, capacity,
 };
 
 #[map]

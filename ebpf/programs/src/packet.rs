@@ -61,17 +61,25 @@ impl Packet {
     #[inline(always)]
     fn l4_csum_flags(&self) -> u64 {
         // A UDP checksum of 0 means "none" and must stay 0; a computed 0 becomes 0xffff.
-        if self.proto == PROTO_UDP { BPF_F_MARK_MANGLED_0 } else { 0 }
+        if self.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0
+        } else {
+            0
+        }
     }
 }
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Parsed {
-    let Ok(eth_type) = ctx.load::<[u8; 2]>(12) else { return Parsed::Other };
+    let Ok(eth_type) = ctx.load::<[u8; 2]>(12) else {
+        return Parsed::Other;
+    };
     if u16::from_be_bytes(eth_type) != ETH_P_IP {
         return Parsed::Other;
     }
-    let Ok(ip) = ctx.load::<[u8; 20]>(ETH_HLEN) else { return Parsed::Malformed };
+    let Ok(ip) = ctx.load::<[u8; 20]>(ETH_HLEN) else {
+        return Parsed::Malformed;
+    };
     if ip[0] >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -104,7 +112,9 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         if l4_len < 20 {
             return Parsed::Malformed;
         }
-        let Ok(tcp) = ctx.load::<[u8; 14]>(l4_off) else { return Parsed::Malformed };
+        let Ok(tcp) = ctx.load::<[u8; 14]>(l4_off) else {
+            return Parsed::Malformed;
+        };
         p.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
         p.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
         p.tcp_flags = tcp[13];
@@ -115,7 +125,9 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         if l4_len < 8 {
             return Parsed::Malformed;
         }
-        let Ok(udp) = ctx.load::<[u8; 4]>(l4_off) else { return Parsed::Malformed };
+        let Ok(udp) = ctx.load::<[u8; 4]>(l4_off) else {
+            return Parsed::Malformed;
+        };
         p.sport = u16::from_ne_bytes([udp[0], udp[1]]);
         p.dport = u16::from_ne_bytes([udp[2], udp[3]]);
     }
@@ -152,15 +164,22 @@ fn rewrite(
     let csum_off = p.l4_csum_off();
     let flags = p.l4_csum_flags();
     if old_addr != new_addr {
-        ctx.l4_csum_replace(csum_off, old_addr as u64, new_addr as u64, BPF_F_PSEUDO_HDR | flags | 4)
+        ctx.l4_csum_replace(
+            csum_off,
+            old_addr as u64,
+            new_addr as u64,
+            BPF_F_PSEUDO_HDR | flags | 4,
+        )
+        .map_err(|_| ())?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
             .map_err(|_| ())?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4).map_err(|_| ())?;
         ctx.store(addr_off, &new_addr, 0).map_err(|_| ())?;
     }
     if old_port != new_port {
         ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, flags | 2)
             .map_err(|_| ())?;
-        ctx.store(p.l4_off() + port_rel_off, &new_port, 0).map_err(|_| ())?;
+        ctx.store(p.l4_off() + port_rel_off, &new_port, 0)
+            .map_err(|_| ())?;
     }
     Ok(())
 }

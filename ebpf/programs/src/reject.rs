@@ -3,13 +3,13 @@
 //! a UDP datagram becomes an ICMP port unreachable. Both are built in place and redirected out of
 //! the interface the packet came in on.
 use aya_ebpf::{
-    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_NET, TC_ACT_REDIRECT},
+    bindings::{TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET},
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
 use keel_common::PROTO_TCP;
 
-use crate::packet::{fold, Packet, ETH_HLEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::packet::{ETH_HLEN, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fold};
 
 const IP_HLEN: usize = 20;
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -71,7 +71,15 @@ fn ip_header(src: u32, dst: u32, proto: u8, tot_len: u16) -> [u8; 20] {
 #[inline(always)]
 fn csum<const N: usize>(buf: &[u8; N]) -> u16 {
     // SAFETY: `buf` is N readable bytes on the stack; N is a multiple of 4 at every call site.
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_ptr() as *mut u32, N as u32, 0) };
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            buf.as_ptr() as *mut u32,
+            N as u32,
+            0,
+        )
+    };
     fold(sum)
 }
 
@@ -93,7 +101,11 @@ fn tcp_rst(ctx: &TcContext, p: &Packet) -> Result<(), ()> {
         if p.tcp_flags & TCP_FIN != 0 {
             n += 1;
         }
-        ([0u8; 4], in_seq.wrapping_add(n).to_be_bytes(), TCP_RST | TCP_ACK)
+        (
+            [0u8; 4],
+            in_seq.wrapping_add(n).to_be_bytes(),
+            TCP_RST | TCP_ACK,
+        )
     };
     // Pseudo header (12 bytes) followed by the new TCP header (20 bytes).
     let s = p.daddr.to_ne_bytes();
@@ -101,7 +113,8 @@ fn tcp_rst(ctx: &TcContext, p: &Packet) -> Result<(), ()> {
     let mut seg = [
         s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], 0, PROTO_TCP, 0, 20, // pseudo header
         tcp[2], tcp[3], tcp[0], tcp[1], // ports swapped
-        seq[0], seq[1], seq[2], seq[3], ack[0], ack[1], ack[2], ack[3], 0x50, flags, 0, 0, // window 0
+        seq[0], seq[1], seq[2], seq[3], ack[0], ack[1], ack[2], ack[3], 0x50, flags, 0,
+        0, // window 0
         0, 0, 0, 0, // checksum, urgent pointer
     ];
     let c = csum(&seg).to_ne_bytes();

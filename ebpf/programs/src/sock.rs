@@ -7,11 +7,11 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
-use keel_common::{SockRevKey, SockRevValue, AFFINITY_BY_NETNS, PROTO_TCP, PROTO_UDP};
+use keel_common::{AFFINITY_BY_NETNS, PROTO_TCP, PROTO_UDP, SockRevKey, SockRevValue};
 
 use crate::{
     lb::{lookup_frontend, select_backend},
-    maps::{count_service, KEEL_SOCK_RNAT},
+    maps::{KEEL_SOCK_RNAT, count_service},
 };
 
 /// Allow the syscall to proceed (the only verdict these hooks give: a frontend without backends
@@ -32,10 +32,14 @@ fn proto_of(sa: &bpf_sock_addr) -> Option<u8> {
 pub fn translate_destination(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the duration of the program.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let Some(proto) = proto_of(sa) else { return ALLOW };
+    let Some(proto) = proto_of(sa) else {
+        return ALLOW;
+    };
     let daddr = sa.user_ip4;
     let dport = sa.user_port as u16;
-    let Some(fe) = lookup_frontend(daddr, dport, proto) else { return ALLOW };
+    let Some(fe) = lookup_frontend(daddr, dport, proto) else {
+        return ALLOW;
+    };
     // SAFETY: helper valid for sock_addr programs.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     let Some((_, backend)) = select_backend(&fe, netns, AFFINITY_BY_NETNS) else {
@@ -43,8 +47,18 @@ pub fn translate_destination(ctx: &SockAddrContext) -> i32 {
     };
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevKey { cookie, addr: backend.addr, port: backend.port, _pad: 0 };
-    let val = SockRevValue { addr: daddr, port: dport, _pad: 0, rev_nat: fe.svc.rev_nat };
+    let key = SockRevKey {
+        cookie,
+        addr: backend.addr,
+        port: backend.port,
+        _pad: 0,
+    };
+    let val = SockRevValue {
+        addr: daddr,
+        port: dport,
+        _pad: 0,
+        rev_nat: fe.svc.rev_nat,
+    };
     let _ = KEEL_SOCK_RNAT.insert(&key, &val, 0);
     sa.user_ip4 = backend.addr;
     sa.user_port = backend.port as u32;
@@ -62,7 +76,12 @@ pub fn restore_peer(ctx: &SockAddrContext) -> i32 {
     }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let key = SockRevKey { cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
+    let key = SockRevKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { KEEL_SOCK_RNAT.get(&key).copied() } {
         sa.user_ip4 = v.addr;

@@ -3,20 +3,20 @@
 //! that bypassed them. Also moves UDP flows off retired backends and rejects frontends without
 //! backends.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
 use keel_common::{
-    BackendAddr, DropReason, ServiceKey, AFFINITY_BY_ADDR, CT_FLAG_NODE_FRONTEND, CT_FORWARD,
-    PROTO_UDP, RETIRED_TTL_NS, SCOPE_NODEPORT, SVC_FLAG_NO_LOCAL,
+    AFFINITY_BY_ADDR, BackendAddr, CT_FLAG_NODE_FRONTEND, CT_FORWARD, DropReason, PROTO_UDP,
+    RETIRED_TTL_NS, SCOPE_NODEPORT, SVC_FLAG_NO_LOCAL, ServiceKey,
 };
 
 use crate::{
     ct,
-    lb::{get_backend, lookup_frontend, select_backend, Frontend},
-    maps::{count_drop, count_service, KEEL_REV_NAT, KEEL_RETIRED, KEEL_SERVICES},
-    packet::{parse, set_destination, set_source, Packet, Parsed},
+    lb::{Frontend, get_backend, lookup_frontend, select_backend},
+    maps::{KEEL_RETIRED, KEEL_REV_NAT, KEEL_SERVICES, count_drop, count_service},
+    packet::{Packet, Parsed, parse, set_destination, set_source},
     reject::reject,
 };
 
@@ -52,13 +52,17 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if let Some(e) = ct::lookup(&p) {
         if e.kind == CT_FORWARD {
             if let Some(b) = get_backend(e.backend_id) {
-                return nat(ctx, &p, e.rev_nat, |ctx, p| set_destination(ctx, p, b.addr, b.port));
+                return nat(ctx, &p, e.rev_nat, |ctx, p| {
+                    set_destination(ctx, p, b.addr, b.port)
+                });
             }
             // The backend is gone: balance the packet afresh below (UDP keeps working; a TCP
             // peer gets a RST from the new backend, as it would from a restarted one).
             ct::forget(&p);
         } else {
-            let verdict = nat(ctx, &p, e.rev_nat, |ctx, p| set_source(ctx, p, e.orig_addr, e.orig_port));
+            let verdict = nat(ctx, &p, e.rev_nat, |ctx, p| {
+                set_source(ctx, p, e.orig_addr, e.orig_port)
+            });
             if verdict == PASS && e.flags & CT_FLAG_NODE_FRONTEND != 0 {
                 return redirect_routed(ctx, &p, e.orig_addr);
             }
@@ -107,17 +111,28 @@ fn new_flow(ctx: &TcContext, p: &Packet, fe: &Frontend) -> i32 {
             Err(()) => drop(DropReason::RejectFailed),
         };
     };
-    let flags = if fe.key.scope == SCOPE_NODEPORT { CT_FLAG_NODE_FRONTEND } else { 0 };
+    let flags = if fe.key.scope == SCOPE_NODEPORT {
+        CT_FLAG_NODE_FRONTEND
+    } else {
+        0
+    };
     ct::create(p, id, b.addr, b.port, fe.svc.rev_nat, flags);
     count_service(fe.svc.rev_nat, |c| c.packet_lb_flows += 1);
-    nat(ctx, p, fe.svc.rev_nat, |ctx, p| set_destination(ctx, p, b.addr, b.port))
+    nat(ctx, p, fe.svc.rev_nat, |ctx, p| {
+        set_destination(ctx, p, b.addr, b.port)
+    })
 }
 
 /// A UDP datagram to a backend that recently left its service (a connected socket that the
 /// socket hooks pinned to it): the frontend it stood for, to pick a live backend from.
 #[inline(always)]
 fn retired_frontend(p: &Packet) -> Option<Frontend> {
-    let key = BackendAddr { addr: p.daddr, port: p.dport, proto: p.proto, _pad: 0 };
+    let key = BackendAddr {
+        addr: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        _pad: 0,
+    };
     // SAFETY: copied out at once.
     let r = unsafe { KEEL_RETIRED.get(&key).copied() }?;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -126,7 +141,14 @@ fn retired_frontend(p: &Packet) -> Option<Frontend> {
     }
     // SAFETY: copied out at once.
     let fe = unsafe { KEEL_REV_NAT.get(&r.rev_nat).copied() }?;
-    let key = ServiceKey { addr: fe.addr, port: fe.port, proto: fe.proto, scope: fe.scope, slot: 0, _pad: 0 };
+    let key = ServiceKey {
+        addr: fe.addr,
+        port: fe.port,
+        proto: fe.proto,
+        scope: fe.scope,
+        slot: 0,
+        _pad: 0,
+    };
     // SAFETY: copied out at once.
     let svc = unsafe { KEEL_SERVICES.get(&key).copied() }?;
     Some(Frontend { key, svc })
@@ -152,7 +174,12 @@ fn redirect_routed(ctx: &TcContext, p: &Packet, new_src: u32) -> i32 {
     params.__bindgen_anon_4.ipv4_dst = p.daddr;
     // SAFETY: params is a valid, fully initialised bpf_fib_lookup on our stack.
     let rc = unsafe {
-        fib_lookup(ctx.skb.skb.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
         return PASS;

@@ -22,23 +22,23 @@ use std::{
 };
 
 use aya::{
+    Ebpf, EbpfLoader,
     maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier,
-        TcAttachType, TestRun, TestRunOptions,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun,
+        TestRunOptions, links::FdLink,
     },
-    Ebpf, EbpfLoader,
 };
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use keel_common::{
-    map_names, program_names, AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, CtKey,
-    DropReason, Retired, RevNat, ServiceCounters, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendAddr, CtEntry, CtKey, DropReason, Retired, RevNat,
+    ServiceCounters, ServiceKey, ServiceValue, map_names, program_names,
 };
 use tracing::{debug, info, warn};
 
 use self::{
     state::{MapOp, MapState},
-    translate::{translate, NodeContext},
+    translate::{NodeContext, translate},
 };
 
 /// The eBPF object built by `cargo xtask build-ebpf` (empty if it was not built).
@@ -51,20 +51,31 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/keel";
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     /// The agent was built without the eBPF object.
-    #[error("the eBPF object is not built into this binary: run `cargo xtask build-ebpf`, then rebuild")]
+    #[error(
+        "the eBPF object is not built into this binary: run `cargo xtask build-ebpf`, then rebuild"
+    )]
     NotBuilt,
     /// bpffs missing and could not be mounted, or the pin directory is unusable.
     #[error("pin directory {path}: {source}")]
-    PinDir { path: PathBuf, source: std::io::Error },
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The object failed to load (verifier, map creation, incompatible pinned map).
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     /// A program is missing from the object or failed to load or attach.
     #[error("program {name}: {source}")]
-    Program { name: &'static str, source: ProgramError },
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
     /// A map is missing from the object or has an unexpected type.
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     /// Attaching or pinning a link failed.
     #[error("attaching {what}: {detail}")]
     Attach { what: String, detail: String },
@@ -86,7 +97,10 @@ pub struct DatapathConfig {
 
 impl Default for DatapathConfig {
     fn default() -> Self {
-        DatapathConfig { pin_dir: PathBuf::from(DEFAULT_PIN_DIR), node_name: String::new() }
+        DatapathConfig {
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            node_name: String::new(),
+        }
     }
 }
 
@@ -140,9 +154,10 @@ struct Maps {
 }
 
 fn take<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DatapathError::Map { name, source: MapError::InvalidName { name: name.into() } })?;
+    let map = ebpf.take_map(name).ok_or(DatapathError::Map {
+        name,
+        source: MapError::InvalidName { name: name.into() },
+    })?;
     T::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
@@ -171,19 +186,26 @@ impl Datapath {
         if OBJECT.is_empty() {
             return Err(DatapathError::NotBuilt);
         }
-        let pin_err = |source| DatapathError::PinDir { path: cfg.pin_dir.clone(), source };
+        let pin_err = |source| DatapathError::PinDir {
+            path: cfg.pin_dir.clone(),
+            source,
+        };
         sys::ensure_bpffs(&cfg.pin_dir).map_err(pin_err)?;
         fs::create_dir_all(cfg.pin_dir.join("links")).map_err(pin_err)?;
         let took_over = cfg.pin_dir.join(map_names::SERVICES).exists();
 
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(&cfg.pin_dir).load(OBJECT)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.pin_dir)
+            .load(OBJECT)?;
         for name in SOCK_PROGRAMS {
             let prog: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         for name in [program_names::FROM_POD, program_names::FROM_NETDEV] {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
         }
         let maps = Maps {
             services: take(&mut ebpf, map_names::SERVICES)?,
@@ -200,7 +222,9 @@ impl Datapath {
             ebpf,
             maps,
             pin_dir: cfg.pin_dir,
-            node: NodeContext { node_name: cfg.node_name },
+            node: NodeContext {
+                node_name: cfg.node_name,
+            },
             state: MapState::default(),
             node_addrs: BTreeSet::new(),
             took_over,
@@ -244,24 +268,42 @@ impl Datapath {
     /// the pinned links are switched to the newly loaded programs atomically.
     pub fn attach_cgroup(&mut self, cgroup_dir: &Path) -> Result<()> {
         let what = |name: &str| format!("{name} to cgroup {}", cgroup_dir.display());
-        let meta = fs::metadata(cgroup_dir)
-            .map_err(|e| DatapathError::Attach { what: what("socket programs"), detail: e.to_string() })?;
+        let meta = fs::metadata(cgroup_dir).map_err(|e| DatapathError::Attach {
+            what: what("socket programs"),
+            detail: e.to_string(),
+        })?;
         for name in SOCK_PROGRAMS {
-            let pin = self.pin_dir.join("links").join(format!("cg-{}-{name}", meta.ino()));
+            let pin = self
+                .pin_dir
+                .join("links")
+                .join(format!("cg-{}-{name}", meta.ino()));
             if self.replace_pinned(&pin, name)? {
                 continue;
             }
-            let cgroup = fs::File::open(cgroup_dir)
-                .map_err(|e| DatapathError::Attach { what: what(name), detail: e.to_string() })?;
+            let cgroup = fs::File::open(cgroup_dir).map_err(|e| DatapathError::Attach {
+                what: what(name),
+                detail: e.to_string(),
+            })?;
             let prog: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
             let id = prog
                 .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|e| DatapathError::Attach { what: what(name), detail: e.to_string() })?;
-            let link = prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
-            let fd: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
-                DatapathError::Attach { what: what(name), detail: e.to_string() }
+                .map_err(|e| DatapathError::Attach {
+                    what: what(name),
+                    detail: e.to_string(),
+                })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| DatapathError::Attach {
+                    what: what(name),
+                    detail: e.to_string(),
+                })?;
+            fd.pin(&pin).map_err(|e| DatapathError::Attach {
+                what: what(name),
+                detail: e.to_string(),
             })?;
-            fd.pin(&pin).map_err(|e| DatapathError::Attach { what: what(name), detail: e.to_string() })?;
             debug!(program = name, cgroup = %cgroup_dir.display(), "attached");
         }
         Ok(())
@@ -269,10 +311,16 @@ impl Datapath {
 
     /// Detaches the socket-level programs from `cgroup_dir`.
     pub fn detach_cgroup(&mut self, cgroup_dir: &Path) -> Result<()> {
-        let meta = fs::metadata(cgroup_dir)
-            .map_err(|e| DatapathError::Attach { what: cgroup_dir.display().to_string(), detail: e.to_string() })?;
+        let meta = fs::metadata(cgroup_dir).map_err(|e| DatapathError::Attach {
+            what: cgroup_dir.display().to_string(),
+            detail: e.to_string(),
+        })?;
         for name in SOCK_PROGRAMS {
-            let _ = fs::remove_file(self.pin_dir.join("links").join(format!("cg-{}-{name}", meta.ino())));
+            let _ = fs::remove_file(
+                self.pin_dir
+                    .join("links")
+                    .join(format!("cg-{}-{name}", meta.ino())),
+            );
         }
         Ok(())
     }
@@ -296,15 +344,26 @@ impl Datapath {
     }
 
     fn tc_pin(&self, ifname: &str) -> Result<PathBuf> {
-        let attach_err = |detail: String| DatapathError::Attach { what: format!("tc on {ifname}"), detail };
-        let netns = fs::metadata("/proc/thread-self/ns/net").map_err(|e| attach_err(e.to_string()))?.ino();
+        let attach_err = |detail: String| DatapathError::Attach {
+            what: format!("tc on {ifname}"),
+            detail,
+        };
+        let netns = fs::metadata("/proc/thread-self/ns/net")
+            .map_err(|e| attach_err(e.to_string()))?
+            .ino();
         let c = std::ffi::CString::new(ifname).map_err(|e| attach_err(e.to_string()))?;
         // SAFETY: valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
         if ifindex == 0 {
-            return Err(attach_err(format!("no such interface in this network namespace: {}", std::io::Error::last_os_error())));
+            return Err(attach_err(format!(
+                "no such interface in this network namespace: {}",
+                std::io::Error::last_os_error()
+            )));
         }
-        Ok(self.pin_dir.join("links").join(format!("tc-{netns}-{ifindex}-ingress")))
+        Ok(self
+            .pin_dir
+            .join("links")
+            .join(format!("tc-{netns}-{ifindex}-ingress")))
     }
 
     fn attach_tc(&mut self, ifname: &str, which: TcProgram) -> Result<()> {
@@ -317,12 +376,23 @@ impl Datapath {
         let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
         let id = prog
             .attach(ifname, TcAttachType::Ingress)
-            .map_err(|e| DatapathError::Attach { what: what.clone(), detail: e.to_string() })?;
-        let link = prog.take_link(id).map_err(|source| DatapathError::Program { name, source })?;
+            .map_err(|e| DatapathError::Attach {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| DatapathError::Program { name, source })?;
         let fd: FdLink = link
             .try_into()
-            .map_err(|e: aya::programs::links::LinkError| DatapathError::Attach { what: what.clone(), detail: e.to_string() })?;
-        fd.pin(&pin).map_err(|e| DatapathError::Attach { what, detail: e.to_string() })?;
+            .map_err(|e: aya::programs::links::LinkError| DatapathError::Attach {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
+        fd.pin(&pin).map_err(|e| DatapathError::Attach {
+            what,
+            detail: e.to_string(),
+        })?;
         debug!(program = name, ifname, "attached");
         Ok(())
     }
@@ -332,13 +402,20 @@ impl Datapath {
         let link = match sys::obj_get(pin) {
             Ok(fd) => fd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(DatapathError::Attach { what: pin.display().to_string(), detail: e.to_string() }),
+            Err(e) => {
+                return Err(DatapathError::Attach {
+                    what: pin.display().to_string(),
+                    detail: e.to_string(),
+                });
+            }
         };
-        let prog = self
-            .ebpf
-            .program(name)
-            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?;
-        let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
+        let prog = self.ebpf.program(name).ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?;
+        let fd = prog
+            .fd()
+            .map_err(|source| DatapathError::Program { name, source })?;
         sys::link_update(link.as_fd(), fd.as_fd()).map_err(|e| DatapathError::Attach {
             what: format!("{name} (replacing the program of {})", pin.display()),
             detail: e.to_string(),
@@ -354,11 +431,18 @@ impl Datapath {
             self.maps
                 .node_addrs
                 .insert(u32::from_ne_bytes(a.octets()), 0, 0)
-                .map_err(|source| DatapathError::Write { map: map_names::NODE_ADDRS, source })?;
+                .map_err(|source| DatapathError::Write {
+                    map: map_names::NODE_ADDRS,
+                    source,
+                })?;
         }
         for a in self.node_addrs.difference(&want) {
-            ignore_missing(self.maps.node_addrs.remove(&u32::from_ne_bytes(a.octets())))
-                .map_err(|source| DatapathError::Write { map: map_names::NODE_ADDRS, source })?;
+            ignore_missing(self.maps.node_addrs.remove(&u32::from_ne_bytes(a.octets()))).map_err(
+                |source| DatapathError::Write {
+                    map: map_names::NODE_ADDRS,
+                    source,
+                },
+            )?;
         }
         self.node_addrs = want;
         Ok(())
@@ -388,23 +472,45 @@ impl Datapath {
         let werr = |map: &'static str| move |source| DatapathError::Write { map, source };
         for op in ops {
             match op {
-                MapOp::PutBackend(id, b) => m.backends.insert(id, b, 0).map_err(werr(map_names::BACKENDS))?,
-                MapOp::DeleteBackend(id) => ignore_missing(m.backends.remove(id)).map_err(werr(map_names::BACKENDS))?,
-                MapOp::PutService(k, v) => m.services.insert(k, v, 0).map_err(werr(map_names::SERVICES))?,
-                MapOp::DeleteService(k) => ignore_missing(m.services.remove(k)).map_err(werr(map_names::SERVICES))?,
-                MapOp::PutRevNat(id, v) => m.rev_nat.insert(id, v, 0).map_err(werr(map_names::REV_NAT))?,
-                MapOp::DeleteRevNat(id) => ignore_missing(m.rev_nat.remove(id)).map_err(werr(map_names::REV_NAT))?,
-                MapOp::DeleteCounters(id) => {
-                    ignore_missing(m.counters.remove(id)).map_err(werr(map_names::SERVICE_COUNTERS))?
+                MapOp::PutBackend(id, b) => m
+                    .backends
+                    .insert(id, b, 0)
+                    .map_err(werr(map_names::BACKENDS))?,
+                MapOp::DeleteBackend(id) => {
+                    ignore_missing(m.backends.remove(id)).map_err(werr(map_names::BACKENDS))?
                 }
+                MapOp::PutService(k, v) => m
+                    .services
+                    .insert(k, v, 0)
+                    .map_err(werr(map_names::SERVICES))?,
+                MapOp::DeleteService(k) => {
+                    ignore_missing(m.services.remove(k)).map_err(werr(map_names::SERVICES))?
+                }
+                MapOp::PutRevNat(id, v) => m
+                    .rev_nat
+                    .insert(id, v, 0)
+                    .map_err(werr(map_names::REV_NAT))?,
+                MapOp::DeleteRevNat(id) => {
+                    ignore_missing(m.rev_nat.remove(id)).map_err(werr(map_names::REV_NAT))?
+                }
+                MapOp::DeleteCounters(id) => ignore_missing(m.counters.remove(id))
+                    .map_err(werr(map_names::SERVICE_COUNTERS))?,
                 MapOp::Retire(addr, rev_nat) => {
-                    let v = Retired { rev_nat: *rev_nat, _pad: 0, retired_ns: sys::monotonic_ns() };
-                    m.retired.insert(addr, v, 0).map_err(werr(map_names::RETIRED_BACKENDS))?
+                    let v = Retired {
+                        rev_nat: *rev_nat,
+                        _pad: 0,
+                        retired_ns: sys::monotonic_ns(),
+                    };
+                    m.retired
+                        .insert(addr, v, 0)
+                        .map_err(werr(map_names::RETIRED_BACKENDS))?
                 }
-                MapOp::Unretire(addr) => {
-                    ignore_missing(m.retired.remove(addr)).map_err(werr(map_names::RETIRED_BACKENDS))?
-                }
-                MapOp::PurgeAffinity { rev_nat, backend_id } => {
+                MapOp::Unretire(addr) => ignore_missing(m.retired.remove(addr))
+                    .map_err(werr(map_names::RETIRED_BACKENDS))?,
+                MapOp::PurgeAffinity {
+                    rev_nat,
+                    backend_id,
+                } => {
                     purge.insert((*rev_nat, *backend_id));
                 }
             }
@@ -428,18 +534,30 @@ impl Datapath {
     pub fn counters(&self) -> Result<Counters> {
         let mut out = Counters::default();
         for reason in DropReason::ALL {
-            let v = self
-                .maps
-                .drops
-                .get(&(reason as u32), 0)
-                .map_err(|source| DatapathError::Map { name: map_names::DROPS, source })?;
+            let v =
+                self.maps
+                    .drops
+                    .get(&(reason as u32), 0)
+                    .map_err(|source| DatapathError::Map {
+                        name: map_names::DROPS,
+                        source,
+                    })?;
             out.drops.insert(reason.name(), v.iter().sum());
         }
-        let by_rev: BTreeMap<u32, String> =
-            self.state.frontends().iter().map(|(fe, p)| (p.rev_nat, fe.to_string())).collect();
+        let by_rev: BTreeMap<u32, String> = self
+            .state
+            .frontends()
+            .iter()
+            .map(|(fe, p)| (p.rev_nat, fe.to_string()))
+            .collect();
         for entry in self.maps.counters.iter() {
-            let (id, per_cpu) = entry.map_err(|source| DatapathError::Map { name: map_names::SERVICE_COUNTERS, source })?;
-            let Some(name) = by_rev.get(&id) else { continue };
+            let (id, per_cpu) = entry.map_err(|source| DatapathError::Map {
+                name: map_names::SERVICE_COUNTERS,
+                source,
+            })?;
+            let Some(name) = by_rev.get(&id) else {
+                continue;
+            };
             let mut sum = ServiceCounters::default();
             for c in per_cpu.iter() {
                 sum.socket_lb += c.socket_lb;
@@ -464,12 +582,19 @@ impl Datapath {
         let prog: &SchedClassifier = self
             .ebpf
             .program(name)
-            .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+            .ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
             .try_into()
             .map_err(|source| DatapathError::Program { name, source })?;
         let mut out = vec![0u8; packet.len() + 256];
         let res = prog
-            .test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .map_err(|source| DatapathError::Program { name, source })?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
@@ -479,7 +604,10 @@ impl Datapath {
     pub fn teardown(self) -> Result<()> {
         let pin_dir = self.pin_dir.clone();
         drop(self);
-        fs::remove_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir { path: pin_dir, source })
+        fs::remove_dir_all(&pin_dir).map_err(|source| DatapathError::PinDir {
+            path: pin_dir,
+            source,
+        })
     }
 }
 
@@ -488,7 +616,10 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or(DatapathError::Program { name, source: ProgramError::NotLoaded })?
+        .ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
 }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use keel_common::{
-    Backend, BackendAddr, RevNat, ServiceKey, ServiceValue, BACKEND_ACTIVE, BACKEND_TERMINATING,
-    SCOPE_ADDR, SCOPE_NODEPORT, SVC_FLAG_AFFINITY, SVC_FLAG_NO_LOCAL,
+    BACKEND_ACTIVE, BACKEND_TERMINATING, Backend, BackendAddr, RevNat, SCOPE_ADDR, SCOPE_NODEPORT,
+    SVC_FLAG_AFFINITY, SVC_FLAG_NO_LOCAL, ServiceKey, ServiceValue,
 };
 
 use super::translate::{Desired, Endpoint, Frontend, Proto, Scope};
@@ -34,7 +34,10 @@ pub enum MapOp {
     /// The address is a backend again: stop redirecting it.
     Unretire(BackendAddr),
     /// Delete session-affinity entries of `rev_nat` that point at `backend_id`.
-    PurgeAffinity { rev_nat: u32, backend_id: u32 },
+    PurgeAffinity {
+        rev_nat: u32,
+        backend_id: u32,
+    },
 }
 
 impl MapOp {
@@ -106,7 +109,12 @@ pub fn frontend_of(key: &ServiceKey) -> Option<Frontend> {
 }
 
 pub fn backend_value(ep: &Endpoint, state: u8) -> Backend {
-    Backend { addr: u32::from_ne_bytes(ep.addr.octets()), port: ep.port.to_be(), proto: ep.proto.number(), state }
+    Backend {
+        addr: u32::from_ne_bytes(ep.addr.octets()),
+        port: ep.port.to_be(),
+        proto: ep.proto.number(),
+        state,
+    }
 }
 
 pub fn endpoint_of(b: &Backend) -> Option<Endpoint> {
@@ -118,12 +126,22 @@ pub fn endpoint_of(b: &Backend) -> Option<Endpoint> {
 }
 
 fn backend_addr(ep: &Endpoint) -> BackendAddr {
-    BackendAddr { addr: u32::from_ne_bytes(ep.addr.octets()), port: ep.port.to_be(), proto: ep.proto.number(), _pad: 0 }
+    BackendAddr {
+        addr: u32::from_ne_bytes(ep.addr.octets()),
+        port: ep.port.to_be(),
+        proto: ep.proto.number(),
+        _pad: 0,
+    }
 }
 
 fn rev_nat_value(fe: &Frontend) -> RevNat {
     let k = service_key(fe, 0);
-    RevNat { addr: k.addr, port: k.port, proto: k.proto, scope: k.scope }
+    RevNat {
+        addr: k.addr,
+        port: k.port,
+        proto: k.proto,
+        scope: k.scope,
+    }
 }
 
 /// Lowest ids not in `used`, starting at 1 (0 means "none" in the maps).
@@ -171,7 +189,9 @@ impl MapState {
         for (id, b) in backends {
             if let Some(ep) = endpoint_of(&b) {
                 by_id.insert(id, ep);
-                state.backends.insert(ep, ProgrammedBackend { id, state: b.state });
+                state
+                    .backends
+                    .insert(ep, ProgrammedBackend { id, state: b.state });
             }
         }
         for (fe, head) in heads {
@@ -231,7 +251,8 @@ impl MapState {
                     id
                 }
             };
-            next.backends.insert(*ep, ProgrammedBackend { id, state: *state });
+            next.backends
+                .insert(*ep, ProgrammedBackend { id, state: *state });
         }
         let id_of = |ep: &Endpoint| next.backends[ep].id;
 
@@ -260,12 +281,20 @@ impl MapState {
             let timeout = spec.affinity_timeout_s.unwrap_or(0);
             for (i, id) in slots.iter().enumerate() {
                 if prev_slots.get(i) != Some(id) {
-                    let v = ServiceValue { backend_id: *id, rev_nat, ..Default::default() };
+                    let v = ServiceValue {
+                        backend_id: *id,
+                        rev_nat,
+                        ..Default::default()
+                    };
                     ops_slots.push(MapOp::PutService(service_key(fe, i as u16 + 1), v));
                 }
             }
             let head_changed = match prev {
-                Some(p) => p.slots.len() != slots.len() || p.flags != flags || p.affinity_timeout_s != timeout,
+                Some(p) => {
+                    p.slots.len() != slots.len()
+                        || p.flags != flags
+                        || p.affinity_timeout_s != timeout
+                }
                 None => true,
             };
             if head_changed {
@@ -285,15 +314,20 @@ impl MapState {
                 for id in &p.slots {
                     if !slots.contains(id) {
                         if flags & SVC_FLAG_AFFINITY != 0 {
-                            ops_purge.push(MapOp::PurgeAffinity { rev_nat, backend_id: *id });
+                            ops_purge.push(MapOp::PurgeAffinity {
+                                rev_nat,
+                                backend_id: *id,
+                            });
                         }
                         // A UDP backend that is gone from the service entirely (not merely
                         // terminating): move its connected sockets elsewhere.
-                        if let Some((ep, _)) = self.backends.iter().find(|(_, b)| b.id == *id) {
-                            if ep.proto == Proto::Udp && !spec.lingering.contains(ep) && !spec.backends.contains(ep) {
-                                ops_purge.push(MapOp::Retire(backend_addr(ep), rev_nat));
-                                next.retired.insert(*ep);
-                            }
+                        if let Some((ep, _)) = self.backends.iter().find(|(_, b)| b.id == *id)
+                            && ep.proto == Proto::Udp
+                            && !spec.lingering.contains(ep)
+                            && !spec.backends.contains(ep)
+                        {
+                            ops_purge.push(MapOp::Retire(backend_addr(ep), rev_nat));
+                            next.retired.insert(*ep);
                         }
                     }
                 }
@@ -323,11 +357,12 @@ impl MapState {
             ops_remove.push(MapOp::DeleteRevNat(p.rev_nat));
             ops_remove.push(MapOp::DeleteCounters(p.rev_nat));
             for id in &p.slots {
-                if let Some((ep, _)) = self.backends.iter().find(|(_, b)| b.id == *id) {
-                    if ep.proto == Proto::Udp && !wanted.contains_key(ep) {
-                        ops_purge.push(MapOp::Retire(backend_addr(ep), p.rev_nat));
-                        next.retired.insert(*ep);
-                    }
+                if let Some((ep, _)) = self.backends.iter().find(|(_, b)| b.id == *id)
+                    && ep.proto == Proto::Udp
+                    && !wanted.contains_key(ep)
+                {
+                    ops_purge.push(MapOp::Retire(backend_addr(ep), p.rev_nat));
+                    next.retired.insert(*ep);
                 }
             }
         }
@@ -370,8 +405,11 @@ impl MapState {
     /// compare.
     pub fn dump(&self) -> String {
         let mut out = String::new();
-        let ep_of: BTreeMap<u32, (&Endpoint, u8)> =
-            self.backends.iter().map(|(ep, b)| (b.id, (ep, b.state))).collect();
+        let ep_of: BTreeMap<u32, (&Endpoint, u8)> = self
+            .backends
+            .iter()
+            .map(|(ep, b)| (b.id, (ep, b.state)))
+            .collect();
         out.push_str("services:\n");
         for (fe, p) in &self.frontends {
             let mut flags = Vec::new();
@@ -395,11 +433,19 @@ impl MapState {
         }
         out.push_str("backends:\n");
         for (id, (ep, state)) in &ep_of {
-            let s = if *state == BACKEND_ACTIVE { "active" } else { "terminating" };
+            let s = if *state == BACKEND_ACTIVE {
+                "active"
+            } else {
+                "terminating"
+            };
             let _ = writeln!(out, "  {id} {ep} {s}");
         }
         out.push_str("rev_nat:\n");
-        let mut rn: Vec<(u32, &Frontend)> = self.frontends.iter().map(|(fe, p)| (p.rev_nat, fe)).collect();
+        let mut rn: Vec<(u32, &Frontend)> = self
+            .frontends
+            .iter()
+            .map(|(fe, p)| (p.rev_nat, fe))
+            .collect();
         rn.sort();
         for (id, fe) in rn {
             let _ = writeln!(out, "  {id} {fe}");
@@ -418,14 +464,17 @@ impl MapState {
 /// their slot, newcomers fill the holes, then the tail is compacted into remaining holes.
 fn stable_slots(prev: &[u32], want: &[u32]) -> Vec<u32> {
     let want_set: BTreeSet<u32> = want.iter().copied().collect();
-    let mut slots: Vec<Option<u32>> = prev.iter().map(|id| want_set.contains(id).then_some(*id)).collect();
+    let mut slots: Vec<Option<u32>> = prev
+        .iter()
+        .map(|id| want_set.contains(id).then_some(*id))
+        .collect();
     let kept: BTreeSet<u32> = slots.iter().flatten().copied().collect();
     let mut newcomers = want.iter().filter(|id| !kept.contains(id)).copied();
     for s in slots.iter_mut() {
-        if s.is_none() {
-            if let Some(id) = newcomers.next() {
-                *s = Some(id);
-            }
+        if s.is_none()
+            && let Some(id) = newcomers.next()
+        {
+            *s = Some(id);
         }
     }
     slots.extend(newcomers.map(Some));

@@ -33,9 +33,18 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a properly initialised, `#[repr(C)]` prefix of `union bpf_attr` for
     // `cmd`, and we pass its exact size; the kernel zero-extends the rest.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, std::mem::size_of::<T>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>(),
+        )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Opens an object (link, map, program) pinned at `path`.
@@ -43,7 +52,10 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        ..Default::default()
+    };
     let fd = sys_bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -61,7 +73,10 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -70,11 +85,13 @@ pub fn monotonic_ns() -> u64 {
 /// Mounts bpffs at `/sys/fs/bpf` unless something is mounted there already.
 pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let mounted = |p: &str| mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let _src = f.next();
-        f.next() == Some(p) && f.next() == Some("bpf")
-    });
+    let mounted = |p: &str| {
+        mounts.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let _src = f.next();
+            f.next() == Some(p) && f.next() == Some("bpf")
+        })
+    };
     if !pin_dir.starts_with("/sys/fs/bpf") || mounted("/sys/fs/bpf") {
         return Ok(());
     }
@@ -82,7 +99,17 @@ pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
     let target = CString::new("/sys/fs/bpf").expect("static");
     // SAFETY: valid NUL-terminated strings; no data argument.
     let r = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -155,12 +155,23 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeCont
     // Index slices by (namespace, service name).
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
-        let Some(name) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))
+        let Some(name) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
         else {
             continue;
         };
-        let ns = slice.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        by_service.entry((ns, name.clone())).or_default().push(slice);
+        let ns = slice
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        by_service
+            .entry((ns, name.clone()))
+            .or_default()
+            .push(slice);
     }
 
     // Deterministic order regardless of input order: the first claimant of a frontend wins.
@@ -182,12 +193,20 @@ fn translate_service(
     node: &NodeContext,
     desired: &mut Desired,
 ) {
-    let ns = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = svc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let Some(name) = svc.metadata.name.clone() else {
-        desired.warnings.push("a Service without metadata.name was skipped".into());
+        desired
+            .warnings
+            .push("a Service without metadata.name was skipped".into());
         return;
     };
-    let Some(spec) = svc.spec.as_ref() else { return };
+    let Some(spec) = svc.spec.as_ref() else {
+        return;
+    };
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     if svc_type == "ExternalName" {
         return;
@@ -221,25 +240,34 @@ fn translate_service(
             Ok(a) if !cluster_ips.contains(&a) => cluster_ips.push(a),
             Ok(_) => {}
             Err(_) if ip.contains(':') => {} // IPv6: not handled by this IPv4 datapath.
-            Err(_) => desired.warnings.push(format!("{ns}/{name}: clusterIP {ip:?} is not an IPv4 address")),
+            Err(_) => desired.warnings.push(format!(
+                "{ns}/{name}: clusterIP {ip:?} is not an IPv4 address"
+            )),
         }
     }
     let mut external: Vec<Ipv4Addr> = Vec::new();
-    let ext = spec.external_ips.clone().unwrap_or_default().into_iter().chain(
-        svc.status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.clone()),
-    );
+    let ext = spec
+        .external_ips
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.clone()),
+        );
     for ip in ext {
         match ip.parse::<Ipv4Addr>() {
             Ok(a) if !external.contains(&a) => external.push(a),
             Ok(_) => {}
             Err(_) if ip.contains(':') => {}
-            Err(_) => desired.warnings.push(format!("{ns}/{name}: external IP {ip:?} is not an IPv4 address")),
+            Err(_) => desired.warnings.push(format!(
+                "{ns}/{name}: external IP {ip:?} is not an IPv4 address"
+            )),
         }
     }
 
@@ -249,39 +277,81 @@ fn translate_service(
         let proto = match Proto::parse(port.protocol.as_deref()) {
             Ok(p) => p,
             Err(e) => {
-                desired.warnings.push(format!("{ns}/{name} port {port_name:?}: {e}; skipped"));
+                desired
+                    .warnings
+                    .push(format!("{ns}/{name} port {port_name:?}: {e}; skipped"));
                 continue;
             }
         };
         let Ok(svc_port) = u16::try_from(port.port) else {
-            desired.warnings.push(format!("{ns}/{name}: port {} out of range", port.port));
+            desired
+                .warnings
+                .push(format!("{ns}/{name}: port {} out of range", port.port));
             continue;
         };
-        let endpoints = collect_endpoints(slices.map(Vec::as_slice).unwrap_or_default(), &port_name, proto, node);
-        let label = if port_name.is_empty() { format!("{ns}/{name}") } else { format!("{ns}/{name}:{port_name}") };
+        let endpoints = collect_endpoints(
+            slices.map(Vec::as_slice).unwrap_or_default(),
+            &port_name,
+            proto,
+            node,
+        );
+        let label = if port_name.is_empty() {
+            format!("{ns}/{name}")
+        } else {
+            format!("{ns}/{name}:{port_name}")
+        };
 
-        let mut add = |fe: Frontend, local_only: bool, desired: &mut Desired| {
+        let add = |fe: Frontend, local_only: bool, desired: &mut Desired| {
             let spec = frontend_spec(&label, &endpoints, local_only, affinity);
             if let Some(prev) = desired.frontends.get(&fe) {
-                desired.warnings.push(format!("{label}: frontend {fe} already belongs to {}; skipped", prev.service));
+                desired.warnings.push(format!(
+                    "{label}: frontend {fe} already belongs to {}; skipped",
+                    prev.service
+                ));
                 return;
             }
             desired.frontends.insert(fe, spec);
         };
         for ip in &cluster_ips {
-            add(Frontend { scope: Scope::Addr, addr: *ip, port: svc_port, proto }, itp_local, desired);
+            add(
+                Frontend {
+                    scope: Scope::Addr,
+                    addr: *ip,
+                    port: svc_port,
+                    proto,
+                },
+                itp_local,
+                desired,
+            );
         }
         for ip in &external {
-            add(Frontend { scope: Scope::Addr, addr: *ip, port: svc_port, proto }, etp_local, desired);
+            add(
+                Frontend {
+                    scope: Scope::Addr,
+                    addr: *ip,
+                    port: svc_port,
+                    proto,
+                },
+                etp_local,
+                desired,
+            );
         }
-        if matches!(svc_type, "NodePort" | "LoadBalancer") {
-            if let Some(np) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) {
-                add(
-                    Frontend { scope: Scope::NodePort, addr: Ipv4Addr::UNSPECIFIED, port: np, proto },
-                    etp_local,
-                    desired,
-                );
-            }
+        if matches!(svc_type, "NodePort" | "LoadBalancer")
+            && let Some(np) = port
+                .node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+        {
+            add(
+                Frontend {
+                    scope: Scope::NodePort,
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    port: np,
+                    proto,
+                },
+                etp_local,
+                desired,
+            );
         }
     }
 }
@@ -305,20 +375,39 @@ fn collect_endpoints(
         }) else {
             continue;
         };
-        let Some(num) = port.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) else {
+        let Some(num) = port
+            .port
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
             continue;
         };
         for ep in &slice.endpoints {
             // Consumers use the first address (EndpointSlice API: the others are ignored).
-            let Some(addr) = ep.addresses.first().and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+            let Some(addr) = ep
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            else {
                 continue;
             };
             let cond = ep.conditions.as_ref();
             let ready = cond.and_then(|c| c.ready).unwrap_or(true);
             let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
-            let local = ep.node_name.as_deref() == Some(node.node_name.as_str()) && !node.node_name.is_empty();
-            let state = EndpointState { ep: Endpoint { addr, port: num, proto }, ready, serving, terminating, local };
+            let local = ep.node_name.as_deref() == Some(node.node_name.as_str())
+                && !node.node_name.is_empty();
+            let state = EndpointState {
+                ep: Endpoint {
+                    addr,
+                    port: num,
+                    proto,
+                },
+                ready,
+                serving,
+                terminating,
+                local,
+            };
             out.entry(state.ep)
                 .and_modify(|s| {
                     if rank(&state) > rank(s) {
@@ -345,11 +434,21 @@ fn frontend_spec(
     local_only: bool,
     affinity: Option<u32>,
 ) -> FrontendSpec {
-    let candidates: Vec<&EndpointState> = endpoints.iter().filter(|e| !local_only || e.local).collect();
-    let ready: BTreeSet<Endpoint> =
-        candidates.iter().filter(|e| e.ready && !e.terminating).map(|e| e.ep).collect();
+    let candidates: Vec<&EndpointState> = endpoints
+        .iter()
+        .filter(|e| !local_only || e.local)
+        .collect();
+    let ready: BTreeSet<Endpoint> = candidates
+        .iter()
+        .filter(|e| e.ready && !e.terminating)
+        .map(|e| e.ep)
+        .collect();
     let backends: BTreeSet<Endpoint> = if ready.is_empty() {
-        candidates.iter().filter(|e| e.serving && e.terminating).map(|e| e.ep).collect()
+        candidates
+            .iter()
+            .filter(|e| e.serving && e.terminating)
+            .map(|e| e.ep)
+            .collect()
     } else {
         ready
     };
@@ -362,7 +461,9 @@ fn frontend_spec(
         .collect();
     let no_local_backend = local_only
         && backends.is_empty()
-        && endpoints.iter().any(|e| (e.ready && !e.terminating) || e.serving);
+        && endpoints
+            .iter()
+            .any(|e| (e.ready && !e.terminating) || e.serving);
     FrontendSpec {
         service: label.to_string(),
         backends: backends.into_iter().collect(),
