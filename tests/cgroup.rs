@@ -71,7 +71,8 @@ impl Cgroup {
     /// Creates `<cgroup2 root>/keel-<pid>-<n>`.
     pub fn create() -> Result<Cgroup> {
         let path = v2_root()?.join(unique_name());
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Cgroup { path })
     }
 
@@ -120,7 +121,10 @@ fn kill_all(dir: &Path) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("processes {procs:?} still in {} after SIGKILL", dir.display());
+            bail!(
+                "processes {procs:?} still in {} after SIGKILL",
+                dir.display()
+            );
         }
         // cgroup.kill (Linux 5.14+) also catches processes forking meanwhile.
         if std::fs::write(&kill_file, "1").is_err() {

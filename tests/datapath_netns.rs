@@ -7,8 +7,8 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -19,10 +19,10 @@ use keel_agent::{
 };
 use keel_tests::{
     cgroup::Cgroup,
-    netns::{run_in_netns, Topology},
+    netns::{Topology, run_in_netns},
     privilege::root_or_skip,
     process::ProcessGuard,
-    servers::{ask, spawn_server, AskOptions, Client, Proto, Reply},
+    servers::{AskOptions, Client, Proto, Reply, ask, spawn_server},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -45,40 +45,65 @@ struct World {
 
 impl World {
     fn new(test: &str, backends: usize, proto: Proto) -> World {
-        let topo = Topology::builder().pods(backends + 1).outside(true).build().expect("topology");
+        let topo = Topology::builder()
+            .pods(backends + 1)
+            .outside(true)
+            .build()
+            .expect("topology");
         let cgroup = Arc::new(Cgroup::create().expect("cgroup"));
         let mut servers = Vec::new();
         for i in 1..=backends {
             let pod = topo.pod(i);
             let listen = SocketAddrV4::new(pod.ip(), BACKEND_PORT);
-            servers.push(spawn_server(testsrv(), pod.netns(), proto, listen, &format!("be{i}")).expect("server"));
+            servers.push(
+                spawn_server(testsrv(), pod.netns(), proto, listen, &format!("be{i}"))
+                    .expect("server"),
+            );
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/keel-ns-{}-{test}", std::process::id()));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let mut w = World { dp: None, pin_dir, _servers: servers, cgroup, topo };
+        let mut w = World {
+            dp: None,
+            pin_dir,
+            _servers: servers,
+            cgroup,
+            topo,
+        };
         w.load();
         w
     }
 
     /// Loads (or takes over) the datapath and attaches it everywhere.
     fn load(&mut self) {
-        let mut dp = Datapath::load(DatapathConfig { pin_dir: self.pin_dir.clone(), node_name: NODE_NAME.into() })
-            .expect("load datapath");
-        dp.attach_cgroup(self.cgroup.path()).expect("attach cgroup");
-        let veths: Vec<String> = self.topo.host_veths().iter().map(|s| s.to_string()).collect();
-        let ext = self.topo.node_external_device().map(str::to_string);
-        run_in_netns(self.topo.node_netns(), || -> Result<(), keel_agent::datapath::DatapathError> {
-            for v in &veths {
-                dp.attach_pod_device(v)?;
-            }
-            if let Some(ext) = &ext {
-                dp.attach_node_device(ext)?;
-            }
-            Ok(())
+        let mut dp = Datapath::load(DatapathConfig {
+            pin_dir: self.pin_dir.clone(),
+            node_name: NODE_NAME.into(),
         })
+        .expect("load datapath");
+        dp.attach_cgroup(self.cgroup.path()).expect("attach cgroup");
+        let veths: Vec<String> = self
+            .topo
+            .host_veths()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ext = self.topo.node_external_device().map(str::to_string);
+        run_in_netns(
+            self.topo.node_netns(),
+            || -> Result<(), keel_agent::datapath::DatapathError> {
+                for v in &veths {
+                    dp.attach_pod_device(v)?;
+                }
+                if let Some(ext) = &ext {
+                    dp.attach_node_device(ext)?;
+                }
+                Ok(())
+            },
+        )
         .expect("enter node netns")
         .expect("attach tc");
-        dp.set_node_addresses(&[self.topo.node_external_addr().expect("outside link")]).expect("node addrs");
+        dp.set_node_addresses(&[self.topo.node_external_addr().expect("outside link")])
+            .expect("node addrs");
         self.dp = Some(dp);
     }
 
@@ -101,13 +126,24 @@ impl World {
     }
 
     /// `n` separate TCP connections (one exchange each) to `to`: who answered, how often.
-    fn new_connections(&self, in_cgroup: bool, to: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
-        let replies: Vec<Reply> = (0..n).flat_map(|_| self.ask(in_cgroup, Proto::Tcp, to, 1)).collect();
+    fn new_connections(
+        &self,
+        in_cgroup: bool,
+        to: SocketAddrV4,
+        n: usize,
+    ) -> BTreeMap<String, usize> {
+        let replies: Vec<Reply> = (0..n)
+            .flat_map(|_| self.ask(in_cgroup, Proto::Tcp, to, 1))
+            .collect();
         tally(&replies)
     }
 
     fn ask(&self, in_cgroup: bool, proto: Proto, to: SocketAddrV4, count: u32) -> Vec<Reply> {
-        let opts = AskOptions { count, timeout: Duration::from_secs(2), ..Default::default() };
+        let opts = AskOptions {
+            count,
+            timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
         let cg = in_cgroup.then_some(&*self.cgroup);
         ask(testsrv(), self.client_ns(), cg, proto, to, opts).expect("client ran")
     }
@@ -123,12 +159,25 @@ impl Drop for World {
 }
 
 /// A Service + EndpointSlice manifest.
-fn service(name: &str, vip: Ipv4Addr, port: u16, proto: &str, extra_spec: &str, endpoints: &[(Ipv4Addr, &str)]) -> String {
+fn service(
+    name: &str,
+    vip: Ipv4Addr,
+    port: u16,
+    proto: &str,
+    extra_spec: &str,
+    endpoints: &[(Ipv4Addr, &str)],
+) -> String {
     let eps: String = endpoints
         .iter()
-        .map(|(ip, cond)| format!("- {{addresses: [{ip}], nodeName: {NODE_NAME}, conditions: {cond}}}\n"))
+        .map(|(ip, cond)| {
+            format!("- {{addresses: [{ip}], nodeName: {NODE_NAME}, conditions: {cond}}}\n")
+        })
         .collect();
-    let eps = if eps.is_empty() { "[]".to_string() } else { format!("\n{eps}") };
+    let eps = if eps.is_empty() {
+        "[]".to_string()
+    } else {
+        format!("\n{eps}")
+    };
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
          spec:\n  clusterIP: {vip}\n{extra_spec}  ports: [{{name: p, port: {port}, protocol: {proto}, nodePort: 30080}}]\n---\n\
@@ -154,8 +203,14 @@ fn tally(replies: &[Reply]) -> BTreeMap<String, usize> {
 
 fn all_ok_from(replies: &[Reply], peer: SocketAddrV4) {
     for r in replies {
-        let a = r.as_ref().unwrap_or_else(|e| panic!("exchange failed: {e}; all: {replies:?}"));
-        assert_eq!(a.peer, peer.into(), "the application must see the service address as its peer");
+        let a = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("exchange failed: {e}; all: {replies:?}"));
+        assert_eq!(
+            a.peer,
+            peer.into(),
+            "the application must see the service address as its peer"
+        );
     }
 }
 
@@ -173,8 +228,14 @@ fn clusterip_spreads_tcp_over_three_backends_at_the_socket_layer() {
     assert_eq!(t.len(), 3, "all three backends answer: {t:?}");
     assert!(t.values().all(|n| *n >= 10), "roughly even spread: {t:?}");
     let c = w.dp().counters().unwrap();
-    assert_eq!(c.services["10.96.0.10:80/TCP"].socket_lb, 90, "balanced at the socket layer");
-    assert_eq!(c.services["10.96.0.10:80/TCP"].packets, 0, "no packet was NATed");
+    assert_eq!(
+        c.services["10.96.0.10:80/TCP"].socket_lb, 90,
+        "balanced at the socket layer"
+    );
+    assert_eq!(
+        c.services["10.96.0.10:80/TCP"].packets, 0,
+        "no packet was NATed"
+    );
 }
 
 #[test]
@@ -191,7 +252,10 @@ fn traffic_that_bypasses_the_socket_hooks_is_balanced_per_packet() {
     assert_eq!(tally(&replies).len(), 3);
     let c = w.dp().counters().unwrap();
     assert_eq!(c.services["10.96.0.10:80/TCP"].packet_lb_flows, 60);
-    assert!(w.dp().conntrack_len() >= 120, "forward and reply entries per flow");
+    assert!(
+        w.dp().conntrack_len() >= 120,
+        "forward and reply entries per flow"
+    );
 }
 
 #[test]
@@ -204,8 +268,20 @@ fn udp_clusterip_works_connected_and_unconnected() {
     w.program(&service("dns", VIP, 53, "UDP", "", &eps));
     let to = SocketAddrV4::new(VIP, 53);
     // Unconnected sendto/recvfrom: sendmsg4 balances each datagram, recvmsg4 restores the VIP.
-    let opts = AskOptions { count: 60, unconnected: true, ..Default::default() };
-    let replies = ask(testsrv(), w.client_ns(), Some(&w.cgroup), Proto::Udp, to, opts).unwrap();
+    let opts = AskOptions {
+        count: 60,
+        unconnected: true,
+        ..Default::default()
+    };
+    let replies = ask(
+        testsrv(),
+        w.client_ns(),
+        Some(&w.cgroup),
+        Proto::Udp,
+        to,
+        opts,
+    )
+    .unwrap();
     all_ok_from(&replies, to);
     assert_eq!(tally(&replies).len(), 3, "{:?}", tally(&replies));
     // Connected: connect4 picks one backend for the socket; getpeername shows the VIP.
@@ -225,7 +301,10 @@ fn nodeport_is_reachable_from_outside_the_node() {
     let node_addr = w.topo.node_external_addr().unwrap();
     let outside = w.topo.outside_netns().unwrap().to_string();
     let to = SocketAddrV4::new(node_addr, 30080);
-    let opts = AskOptions { count: 30, ..Default::default() };
+    let opts = AskOptions {
+        count: 30,
+        ..Default::default()
+    };
     let replies = ask(testsrv(), &outside, None, Proto::Http, to, opts).unwrap();
     all_ok_from(&replies, to);
     assert_eq!(tally(&replies).len(), 3, "{:?}", tally(&replies));
@@ -238,11 +317,23 @@ fn session_affinity_holds() {
     }
     let mut w = World::new("affinity", 3, Proto::Http);
     let eps: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
-    w.program(&service("web", VIP, 80, "TCP", "  sessionAffinity: ClientIP\n", &eps));
+    w.program(&service(
+        "web",
+        VIP,
+        80,
+        "TCP",
+        "  sessionAffinity: ClientIP\n",
+        &eps,
+    ));
     for in_cgroup in [true, false] {
         let replies = w.ask(in_cgroup, Proto::Http, SocketAddrV4::new(VIP, 80), 30);
         all_ok_from(&replies, SocketAddrV4::new(VIP, 80));
-        assert_eq!(tally(&replies).len(), 1, "in_cgroup={in_cgroup}: {:?}", tally(&replies));
+        assert_eq!(
+            tally(&replies).len(),
+            1,
+            "in_cgroup={in_cgroup}: {:?}",
+            tally(&replies)
+        );
     }
 }
 
@@ -252,20 +343,38 @@ fn a_service_without_endpoints_rejects_instead_of_dropping() {
         return;
     }
     let mut w = World::new("reject", 1, Proto::Http);
-    w.program(&(service("empty", VIP, 80, "TCP", "", &[]) + "\n---\n" + &service("emptyudp", Ipv4Addr::new(10, 96, 0, 11), 53, "UDP", "", &[])));
+    w.program(
+        &(service("empty", VIP, 80, "TCP", "", &[])
+            + "\n---\n"
+            + &service("emptyudp", Ipv4Addr::new(10, 96, 0, 11), 53, "UDP", "", &[])),
+    );
     for in_cgroup in [true, false] {
         let started = std::time::Instant::now();
         let replies = w.ask(in_cgroup, Proto::Http, SocketAddrV4::new(VIP, 80), 3);
         for r in &replies {
             let e = r.as_ref().expect_err("no endpoint: must fail");
-            assert!(e.contains("refused"), "TCP gets a RST (connection refused), got {e:?}");
+            assert!(
+                e.contains("refused"),
+                "TCP gets a RST (connection refused), got {e:?}"
+            );
         }
         // Not a timeout: a refusal comes back at once (the client's timeout is 2 s per try).
-        assert!(started.elapsed() < Duration::from_secs(2), "rejected, not dropped");
-        let replies = w.ask(in_cgroup, Proto::Udp, SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 53), 2);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "rejected, not dropped"
+        );
+        let replies = w.ask(
+            in_cgroup,
+            Proto::Udp,
+            SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 53),
+            2,
+        );
         for r in &replies {
             let e = r.as_ref().expect_err("no endpoint: must fail");
-            assert!(e.contains("refused"), "UDP gets ICMP port unreachable, got {e:?}");
+            assert!(
+                e.contains("refused"),
+                "UDP gets ICMP port unreachable, got {e:?}"
+            );
         }
     }
     assert!(w.dp().counters().unwrap().drops["no_backend"] >= 8);
@@ -273,7 +382,9 @@ fn a_service_without_endpoints_rejects_instead_of_dropping() {
 
 #[test]
 fn a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_own() {
-    if !root_or_skip("a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_own") {
+    if !root_or_skip(
+        "a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_own",
+    ) {
         return;
     }
     let mut w = World::new("remove", 3, Proto::Tcp);
@@ -281,9 +392,28 @@ fn a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_ow
     w.program(&service("web", VIP, 80, "TCP", "", &all));
     let to = SocketAddrV4::new(VIP, 80);
     // Long-lived connections, through both paths, opened before the change.
-    let mut socket_conn = Client::start(testsrv(), w.client_ns(), Some(&w.cgroup), Proto::Tcp, to, AskOptions::default()).unwrap();
-    let mut packet_conn = Client::start(testsrv(), w.client_ns(), None, Proto::Tcp, to, AskOptions::default()).unwrap();
-    let first_s = socket_conn.exchange().unwrap().expect("socket-LB connection");
+    let mut socket_conn = Client::start(
+        testsrv(),
+        w.client_ns(),
+        Some(&w.cgroup),
+        Proto::Tcp,
+        to,
+        AskOptions::default(),
+    )
+    .unwrap();
+    let mut packet_conn = Client::start(
+        testsrv(),
+        w.client_ns(),
+        None,
+        Proto::Tcp,
+        to,
+        AskOptions::default(),
+    )
+    .unwrap();
+    let first_s = socket_conn
+        .exchange()
+        .unwrap()
+        .expect("socket-LB connection");
     let first_p = packet_conn.exchange().unwrap().expect("tc-LB connection");
 
     // Endpoint of the socket connection becomes terminating; the other connection's is removed.
@@ -291,7 +421,10 @@ fn a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_ow
     let mut eps: Vec<(Ipv4Addr, &str)> = Vec::new();
     for i in 1..=3 {
         if i == victim_s {
-            eps.push((w.backend_ip(i), "{ready: false, serving: true, terminating: true}"));
+            eps.push((
+                w.backend_ip(i),
+                "{ready: false, serving: true, terminating: true}",
+            ));
         } else {
             eps.push((w.backend_ip(i), READY));
         }
@@ -305,11 +438,17 @@ fn a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_ow
     // New connections avoid the terminating endpoint, on both paths.
     for in_cgroup in [true, false] {
         let t = w.new_connections(in_cgroup, to, 20);
-        assert!(!t.contains_key(&first_s.name), "terminating endpoint got new connections: {t:?}");
+        assert!(
+            !t.contains_key(&first_s.name),
+            "terminating endpoint got new connections: {t:?}"
+        );
         assert_eq!(t.len(), 2, "{t:?}");
     }
     // Removed entirely: no new connections either.
-    let remaining: Vec<(Ipv4Addr, &str)> = (1..=3).filter(|i| *i != victim_s).map(|i| (w.backend_ip(i), READY)).collect();
+    let remaining: Vec<(Ipv4Addr, &str)> = (1..=3)
+        .filter(|i| *i != victim_s)
+        .map(|i| (w.backend_ip(i), READY))
+        .collect();
     w.program(&service("web", VIP, 80, "TCP", "", &remaining));
     let t = w.new_connections(true, to, 20);
     assert!(!t.contains_key(&first_s.name) && t.len() == 2, "{t:?}");
@@ -324,16 +463,33 @@ fn a_connected_udp_socket_moves_off_a_backend_that_went_away() {
     let all: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
     w.program(&service("dns", VIP, 53, "UDP", "", &all));
     let to = SocketAddrV4::new(VIP, 53);
-    let mut c = Client::start(testsrv(), w.client_ns(), Some(&w.cgroup), Proto::Udp, to, AskOptions::default()).unwrap();
+    let mut c = Client::start(
+        testsrv(),
+        w.client_ns(),
+        Some(&w.cgroup),
+        Proto::Udp,
+        to,
+        AskOptions::default(),
+    )
+    .unwrap();
     let first = c.exchange().unwrap().expect("first answer");
     let gone: usize = first.name[2..].parse().unwrap();
-    let rest: Vec<(Ipv4Addr, &str)> = (1..=3).filter(|i| *i != gone).map(|i| (w.backend_ip(i), READY)).collect();
+    let rest: Vec<(Ipv4Addr, &str)> = (1..=3)
+        .filter(|i| *i != gone)
+        .map(|i| (w.backend_ip(i), READY))
+        .collect();
     w.program(&service("dns", VIP, 53, "UDP", "", &rest));
     // The same connected socket: the next send reaches a live backend, and the answer still
     // comes from the service address as far as the application can tell.
     for _ in 0..5 {
-        let a = c.exchange().unwrap().expect("answered after the backend left");
-        assert_ne!(a.name, first.name, "still pinned to the backend that went away");
+        let a = c
+            .exchange()
+            .unwrap()
+            .expect("answered after the backend left");
+        assert_ne!(
+            a.name, first.name,
+            "still pinned to the backend that went away"
+        );
         assert_eq!(a.peer, to.into());
     }
 }
@@ -348,8 +504,24 @@ fn restarting_the_loader_mid_traffic_loses_no_connection() {
     let manifest = service("web", VIP, 80, "TCP", "", &all);
     w.program(&manifest);
     let to = SocketAddrV4::new(VIP, 80);
-    let mut long_socket = Client::start(testsrv(), w.client_ns(), Some(&w.cgroup), Proto::Tcp, to, AskOptions::default()).unwrap();
-    let mut long_packet = Client::start(testsrv(), w.client_ns(), None, Proto::Tcp, to, AskOptions::default()).unwrap();
+    let mut long_socket = Client::start(
+        testsrv(),
+        w.client_ns(),
+        Some(&w.cgroup),
+        Proto::Tcp,
+        to,
+        AskOptions::default(),
+    )
+    .unwrap();
+    let mut long_packet = Client::start(
+        testsrv(),
+        w.client_ns(),
+        None,
+        Proto::Tcp,
+        to,
+        AskOptions::default(),
+    )
+    .unwrap();
     let s0 = long_socket.exchange().unwrap().unwrap().name;
     let p0 = long_packet.exchange().unwrap().unwrap().name;
 
@@ -359,14 +531,33 @@ fn restarting_the_loader_mid_traffic_loses_no_connection() {
     let done = Arc::new(AtomicUsize::new(0));
     let ns = w.client_ns().to_string();
     let traffic = {
-        let (stop, failures, done, cg) = (stop.clone(), failures.clone(), done.clone(), w.cgroup.clone());
+        let (stop, failures, done, cg) = (
+            stop.clone(),
+            failures.clone(),
+            done.clone(),
+            w.cgroup.clone(),
+        );
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
                 for in_cgroup in [true, false] {
-                    let opts = AskOptions { count: 5, ..Default::default() };
-                    let replies = ask(testsrv(), &ns, in_cgroup.then_some(&*cg), Proto::Tcp, to, opts).unwrap();
-                    failures.fetch_add(replies.iter().filter(|r| r.is_err()).count(), Ordering::SeqCst);
+                    let opts = AskOptions {
+                        count: 5,
+                        ..Default::default()
+                    };
+                    let replies = ask(
+                        testsrv(),
+                        &ns,
+                        in_cgroup.then_some(&*cg),
+                        Proto::Tcp,
+                        to,
+                        opts,
+                    )
+                    .unwrap();
+                    failures.fetch_add(
+                        replies.iter().filter(|r| r.is_err()).count(),
+                        Ordering::SeqCst,
+                    );
                     done.fetch_add(replies.len(), Ordering::SeqCst);
                 }
             }
@@ -379,16 +570,29 @@ fn restarting_the_loader_mid_traffic_loses_no_connection() {
         drop(w.dp.take());
         std::thread::sleep(Duration::from_millis(200));
         w.load();
-        assert!(w.dp().took_over(), "the restarted loader must find the pinned state");
+        assert!(
+            w.dp().took_over(),
+            "the restarted loader must find the pinned state"
+        );
         let objs = manifest::parse(&manifest).unwrap();
         let stats = w.dp().sync(&objs.services, &objs.slices).unwrap();
-        assert_eq!(stats.writes, 0, "the rebuilt mirror matches the maps: nothing to rewrite");
+        assert_eq!(
+            stats.writes, 0,
+            "the rebuilt mirror matches the maps: nothing to rewrite"
+        );
         assert_eq!(long_socket.exchange().unwrap().unwrap().name, s0);
         assert_eq!(long_packet.exchange().unwrap().unwrap().name, p0);
         std::thread::sleep(Duration::from_millis(200));
     }
     stop.store(true, Ordering::SeqCst);
     traffic.join().unwrap();
-    assert!(done.load(Ordering::SeqCst) >= 20, "traffic ran during the restarts");
-    assert_eq!(failures.load(Ordering::SeqCst), 0, "connections failed during a loader restart");
+    assert!(
+        done.load(Ordering::SeqCst) >= 20,
+        "traffic ran during the restarts"
+    );
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "connections failed during a loader restart"
+    );
 }

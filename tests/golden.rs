@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use keel_agent::{
     datapath::{
         state::{MapOp, MapState},
-        translate::{translate, NodeContext},
+        translate::{NodeContext, translate},
     },
     manifest,
 };
 
 fn node() -> NodeContext {
-    NodeContext { node_name: "node-a".into() }
+    NodeContext {
+        node_name: "node-a".into(),
+    }
 }
 
 fn render(yaml: &str) -> String {
@@ -52,13 +54,21 @@ fn golden_translations() {
             std::fs::write(&expected_path, &got).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&expected_path)
-            .unwrap_or_else(|_| panic!("{} missing: run with KEEL_BLESS=1", expected_path.display()));
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+            panic!("{} missing: run with KEEL_BLESS=1", expected_path.display())
+        });
         if got != expected {
-            failures.push(format!("{}:\n--- expected\n{expected}\n--- got\n{got}", input.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}\n--- got\n{got}",
+                input.display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -130,7 +140,10 @@ fn an_endpoint_change_writes_only_what_it_changes() {
     assert!(matches!(ops[3], MapOp::DeleteBackend(2)));
 
     // Adding an endpoint: one backend, one slot, the head.
-    let added = removed.replace("- {addresses: [10.244.0.3]}\n", "- {addresses: [10.244.0.3]}\n- {addresses: [10.244.0.4]}\n");
+    let added = removed.replace(
+        "- {addresses: [10.244.0.3]}\n",
+        "- {addresses: [10.244.0.3]}\n- {addresses: [10.244.0.4]}\n",
+    );
     let (ops, _) = state_of(&added, &s2);
     assert_eq!(ops.len(), 3, "{ops:#?}");
     assert!(matches!(ops[0], MapOp::PutBackend(_, _)));
@@ -144,8 +157,26 @@ fn a_removed_backend_id_is_not_reused_by_the_same_plan() {
     // Swap one endpoint for a new one in a single change.
     let swapped = BASE.replace("10.244.0.2]", "10.244.0.7]");
     let (ops, s2) = state_of(&swapped, &s1);
-    let put_ids: Vec<u32> = ops.iter().filter_map(|o| if let MapOp::PutBackend(id, _) = o { Some(*id) } else { None }).collect();
-    let del_ids: Vec<u32> = ops.iter().filter_map(|o| if let MapOp::DeleteBackend(id) = o { Some(*id) } else { None }).collect();
+    let put_ids: Vec<u32> = ops
+        .iter()
+        .filter_map(|o| {
+            if let MapOp::PutBackend(id, _) = o {
+                Some(*id)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let del_ids: Vec<u32> = ops
+        .iter()
+        .filter_map(|o| {
+            if let MapOp::DeleteBackend(id) = o {
+                Some(*id)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(del_ids, vec![2]);
     assert!(!put_ids.contains(&2), "{ops:#?}");
     assert!(s2.dump().contains("10.244.0.7:8080/TCP"));
@@ -153,25 +184,46 @@ fn a_removed_backend_id_is_not_reused_by_the_same_plan() {
 
 #[test]
 fn a_udp_backend_that_leaves_is_retired_and_unretired_when_it_returns() {
-    let udp = BASE.replace("ports: [{port: 80}]", "ports: [{port: 53, protocol: UDP}]")
-        .replace("ports: [{port: 8080}]", "ports: [{port: 5353, protocol: UDP}]");
+    let udp = BASE
+        .replace("ports: [{port: 80}]", "ports: [{port: 53, protocol: UDP}]")
+        .replace(
+            "ports: [{port: 8080}]",
+            "ports: [{port: 5353, protocol: UDP}]",
+        );
     let (_, s1) = state_of(&udp, &MapState::default());
     let gone = udp.replace("- {addresses: [10.244.0.2]}\n", "");
     let (ops, s2) = state_of(&gone, &s1);
-    assert!(ops.iter().any(|o| matches!(o, MapOp::Retire(a, _) if a.addr == u32::from_ne_bytes([10, 244, 0, 2]))), "{ops:#?}");
+    assert!(
+        ops.iter().any(
+            |o| matches!(o, MapOp::Retire(a, _) if a.addr == u32::from_ne_bytes([10, 244, 0, 2]))
+        ),
+        "{ops:#?}"
+    );
     assert!(s2.dump().contains("retired:\n  10.244.0.2:5353/UDP"));
     let (ops, s3) = state_of(&udp, &s2);
-    assert!(ops.iter().any(|o| matches!(o, MapOp::Unretire(_))), "{ops:#?}");
+    assert!(
+        ops.iter().any(|o| matches!(o, MapOp::Unretire(_))),
+        "{ops:#?}"
+    );
     assert!(!s3.dump().contains("retired:"));
 }
 
 #[test]
 fn bad_manifests_are_reported_not_panicked_on() {
     for (text, needle) in [
-        ("kind: Service\napiVersion: v1\nspec: {ports: notalist}", "document 1"),
-        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}", "unsupported kind"),
+        (
+            "kind: Service\napiVersion: v1\nspec: {ports: notalist}",
+            "document 1",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}",
+            "unsupported kind",
+        ),
         ("{{{{", "document 1"),
-        ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n: :\n  - [", "document 2"),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n: :\n  - [",
+            "document 2",
+        ),
     ] {
         let err = manifest::parse(text).expect_err(text).to_string();
         assert!(err.contains(needle), "{text:?} gave {err:?}");

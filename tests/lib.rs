@@ -42,7 +42,9 @@ pub(crate) fn is_stale_name(name: &str) -> bool {
         return false;
     };
     match pid.parse::<u32>() {
-        Ok(pid) => pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        Ok(pid) => {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
         Err(_) => false,
     }
 }

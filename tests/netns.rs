@@ -132,7 +132,9 @@ impl Netns {
             bail!("invalid network namespace name {name:?}");
         }
         ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -215,13 +217,13 @@ impl TopologyBuilder {
         // Locals own each namespace as soon as it exists, so an error part-way cleans up.
         let node = Netns::create(&format!("{tag}-node"))?;
         let node_ns = node.name().to_string();
-        for key in [
-            "net.ipv4.ip_forward",
-            "net.ipv4.conf.all.forwarding",
-        ] {
+        for key in ["net.ipv4.ip_forward", "net.ipv4.conf.all.forwarding"] {
             set_sysctl(&node_ns, key, "1")?;
         }
-        for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"] {
+        for key in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.default.rp_filter",
+        ] {
             set_sysctl(&node_ns, key, "0")?;
         }
 
@@ -234,7 +236,12 @@ impl TopologyBuilder {
         } else {
             None
         };
-        Ok(Topology { pods, outside, node, tag })
+        Ok(Topology {
+            pods,
+            outside,
+            node,
+            tag,
+        })
     }
 }
 
@@ -251,17 +258,29 @@ fn add_pod(node_ns: &str, tag: &str, i: usize) -> Result<Pod> {
         "-n", node_ns, "link", "add", &host_veth, "type", "veth", "peer", "name", POD_DEVICE,
         "netns", &pod_ns,
     ])?;
-    set_sysctl(node_ns, &format!("net.ipv4.conf.{host_veth}.rp_filter"), "0")?;
+    set_sysctl(
+        node_ns,
+        &format!("net.ipv4.conf.{host_veth}.rp_filter"),
+        "0",
+    )?;
     ip(&["-n", node_ns, "addr", "add", &gw_cidr, "dev", &host_veth])?;
     ip(&["-n", node_ns, "link", "set", &host_veth, "up"])?;
     ip(&["-n", &pod_ns, "addr", "add", &pod_cidr, "dev", POD_DEVICE])?;
     ip(&["-n", &pod_ns, "link", "set", POD_DEVICE, "up"])?;
-    ip(&["-n", &pod_ns, "route", "add", &gw, "dev", POD_DEVICE, "scope", "link"])?;
-    ip(&["-n", &pod_ns, "route", "add", "default", "via", &gw, "dev", POD_DEVICE])?;
+    ip(&[
+        "-n", &pod_ns, "route", "add", &gw, "dev", POD_DEVICE, "scope", "link",
+    ])?;
+    ip(&[
+        "-n", &pod_ns, "route", "add", "default", "via", &gw, "dev", POD_DEVICE,
+    ])?;
     ip(&[
         "-n", node_ns, "route", "add", &pod_cidr, "dev", &host_veth, "scope", "link",
     ])?;
-    Ok(Pod { netns, ip: ip_addr, host_veth })
+    Ok(Pod {
+        netns,
+        ip: ip_addr,
+        host_veth,
+    })
 }
 
 fn add_outside(node_ns: &str, tag: &str) -> Result<Netns> {
@@ -271,15 +290,39 @@ fn add_outside(node_ns: &str, tag: &str) -> Result<Netns> {
     let out_cidr = format!("{OUTSIDE_ADDR}/{EXTERNAL_PREFIX_LEN}");
     let gw = NODE_EXTERNAL_ADDR.to_string();
     ip(&[
-        "-n", node_ns, "link", "add", NODE_EXTERNAL_DEVICE, "type", "veth", "peer", "name",
-        POD_DEVICE, "netns", &out_ns,
+        "-n",
+        node_ns,
+        "link",
+        "add",
+        NODE_EXTERNAL_DEVICE,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        POD_DEVICE,
+        "netns",
+        &out_ns,
     ])?;
-    set_sysctl(node_ns, &format!("net.ipv4.conf.{NODE_EXTERNAL_DEVICE}.rp_filter"), "0")?;
-    ip(&["-n", node_ns, "addr", "add", &node_cidr, "dev", NODE_EXTERNAL_DEVICE])?;
+    set_sysctl(
+        node_ns,
+        &format!("net.ipv4.conf.{NODE_EXTERNAL_DEVICE}.rp_filter"),
+        "0",
+    )?;
+    ip(&[
+        "-n",
+        node_ns,
+        "addr",
+        "add",
+        &node_cidr,
+        "dev",
+        NODE_EXTERNAL_DEVICE,
+    ])?;
     ip(&["-n", node_ns, "link", "set", NODE_EXTERNAL_DEVICE, "up"])?;
     ip(&["-n", &out_ns, "addr", "add", &out_cidr, "dev", POD_DEVICE])?;
     ip(&["-n", &out_ns, "link", "set", POD_DEVICE, "up"])?;
-    ip(&["-n", &out_ns, "route", "add", "default", "via", &gw, "dev", POD_DEVICE])?;
+    ip(&[
+        "-n", &out_ns, "route", "add", "default", "via", &gw, "dev", POD_DEVICE,
+    ])?;
     Ok(netns)
 }
 
@@ -304,7 +347,10 @@ pub struct Topology {
 
 impl Topology {
     pub fn builder() -> TopologyBuilder {
-        TopologyBuilder { pods: 2, outside: false }
+        TopologyBuilder {
+            pods: 2,
+            outside: false,
+        }
     }
 
     /// The unique prefix of this topology's namespace names (`keel-<pid>-<n>`).

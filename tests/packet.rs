@@ -22,11 +22,19 @@ struct TestDatapath(Option<Datapath>);
 
 impl TestDatapath {
     fn new(test: &str, yaml: &str) -> TestDatapath {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/keel-pkt-{}-{test}", std::process::id()));
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/keel-pkt-{}-{test}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&pin_dir);
-        let mut dp = Datapath::load(DatapathConfig { pin_dir, node_name: "node-a".into() }).expect("load datapath");
+        let mut dp = Datapath::load(DatapathConfig {
+            pin_dir,
+            node_name: "node-a".into(),
+        })
+        .expect("load datapath");
         let objs = manifest::parse(yaml).expect("manifest");
-        dp.set_node_addresses(&["192.168.1.1".parse().unwrap()]).expect("node addrs");
+        dp.set_node_addresses(&["192.168.1.1".parse().unwrap()])
+            .expect("node addrs");
         dp.sync(&objs.services, &objs.slices).expect("sync");
         TestDatapath(Some(dp))
     }
@@ -197,7 +205,12 @@ impl Pkt {
         }
     }
     fn udp(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Pkt {
-        Pkt { proto: UDP, tcp_flags: 0, payload: payload.to_vec(), ..Pkt::tcp(src, sport, dst, dport, 0) }
+        Pkt {
+            proto: UDP,
+            tcp_flags: 0,
+            payload: payload.to_vec(),
+            ..Pkt::tcp(src, sport, dst, dport, 0)
+        }
     }
     fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
@@ -214,7 +227,11 @@ impl Pkt {
         l4.extend_from_slice(&self.payload);
         let csum = l4_checksum(self.src, self.dst, self.proto, &l4);
         let off = if self.proto == TCP { 16 } else { 6 };
-        let csum = if self.proto == UDP && self.no_udp_csum { 0 } else { csum };
+        let csum = if self.proto == UDP && self.no_udp_csum {
+            0
+        } else {
+            csum
+        };
         l4[off..off + 2].copy_from_slice(&csum.to_be_bytes());
         let mut ip = vec![0x45, 0];
         ip.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
@@ -255,14 +272,28 @@ fn check(frame: &[u8]) -> Seen {
     let proto = ip[9];
     match proto {
         TCP => assert_eq!(l4_checksum(src, dst, TCP, l4), 0, "TCP checksum is wrong"),
-        UDP if l4[6..8] != [0, 0] => assert_eq!(l4_checksum(src, dst, UDP, l4), 0, "UDP checksum is wrong"),
+        UDP if l4[6..8] != [0, 0] => {
+            assert_eq!(l4_checksum(src, dst, UDP, l4), 0, "UDP checksum is wrong")
+        }
         1 => assert_eq!(fold(sum16(l4, 0)), 0, "ICMP checksum is wrong"),
         _ => {}
     }
-    let (sport, dport) = if proto == 1 { (0, 0) } else {
-        (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]))
+    let (sport, dport) = if proto == 1 {
+        (0, 0)
+    } else {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
     };
-    Seen { src, dst, proto, sport, dport, l4: l4.to_vec() }
+    Seen {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+        l4: l4.to_vec(),
+    }
 }
 
 fn ips(list: &[&str]) -> Vec<Ipv4Addr> {
@@ -282,7 +313,11 @@ fn tcp_to_clusterip_is_dnated_and_reply_is_reverse_natted() {
     assert_eq!(verdict, TC_ACT_OK);
     let s = check(&out);
     assert_eq!(s.src, "10.244.0.5".parse::<Ipv4Addr>().unwrap());
-    assert!(ips(&["10.244.0.11", "10.244.0.12", "10.244.0.13"]).contains(&s.dst), "dst {}", s.dst);
+    assert!(
+        ips(&["10.244.0.11", "10.244.0.12", "10.244.0.13"]).contains(&s.dst),
+        "dst {}",
+        s.dst
+    );
     assert_eq!((s.sport, s.dport), (40000, 8080));
 
     // The next packet of the flow goes to the same backend.
@@ -316,7 +351,11 @@ fn udp_checksums_are_fixed_and_a_zero_checksum_stays_zero() {
     let s = check(&out);
     assert!(ips(&["10.244.0.21", "10.244.0.22"]).contains(&s.dst));
     assert_eq!(s.dport, 5353);
-    assert_ne!(&s.l4[6..8], &[0, 0], "a computed checksum must not become 0");
+    assert_ne!(
+        &s.l4[6..8],
+        &[0, 0],
+        "a computed checksum must not become 0"
+    );
 
     let mut p = Pkt::udp("10.244.0.5", 5001, "10.96.0.53", 53, b"no-checksum");
     p.no_udp_csum = true;
@@ -359,7 +398,10 @@ fn service_without_endpoints_rejects_tcp_with_rst() {
     let mut syn = Pkt::tcp("10.244.0.5", 40001, "10.96.0.99", 80, 0x02);
     syn.seq = 0xfffffff0;
     let (verdict, out) = t.run(TcProgram::FromPod, &syn.build());
-    assert_eq!(verdict, TC_ACT_REDIRECT, "rejection is sent back out of the interface");
+    assert_eq!(
+        verdict, TC_ACT_REDIRECT,
+        "rejection is sent back out of the interface"
+    );
     assert_eq!(&out[0..6], &CLIENT_MAC, "MACs are swapped");
     assert_eq!(&out[6..12], &NODE_MAC);
     let s = check(&out);
@@ -386,13 +428,27 @@ fn service_without_endpoints_rejects_udp_with_icmp_port_unreachable() {
         return;
     }
     let mut t = TestDatapath::new("icmp", SERVICES);
-    let q = Pkt::udp("10.244.0.5", 5002, "10.96.0.99", 53, b"a longer payload that gets cut off").build();
+    let q = Pkt::udp(
+        "10.244.0.5",
+        5002,
+        "10.96.0.99",
+        53,
+        b"a longer payload that gets cut off",
+    )
+    .build();
     let (verdict, out) = t.run(TcProgram::FromPod, &q);
     assert_eq!(verdict, TC_ACT_REDIRECT);
     let s = check(&out);
     assert_eq!(s.proto, 1);
-    assert_eq!((s.src, s.dst), ("10.96.0.99".parse().unwrap(), "10.244.0.5".parse().unwrap()));
-    assert_eq!(&s.l4[0..2], &[3, 3], "destination unreachable / port unreachable");
+    assert_eq!(
+        (s.src, s.dst),
+        ("10.96.0.99".parse().unwrap(), "10.244.0.5".parse().unwrap())
+    );
+    assert_eq!(
+        &s.l4[0..2],
+        &[3, 3],
+        "destination unreachable / port unreachable"
+    );
     // The quoted datagram: the original IP header and the first 8 bytes of UDP.
     assert_eq!(&s.l4[8..28], &q[14..34]);
     assert_eq!(&s.l4[28..36], &q[34..42]);
@@ -410,7 +466,11 @@ fn nodeport_from_outside_is_dnated_and_answered_from_the_node_address() {
     assert_eq!(verdict, TC_ACT_OK);
     let s = check(&out);
     assert_eq!((s.dst, s.dport), ("10.244.0.31".parse().unwrap(), 8080));
-    assert_eq!(s.src, "192.168.1.100".parse::<Ipv4Addr>().unwrap(), "no SNAT for a local backend");
+    assert_eq!(
+        s.src,
+        "192.168.1.100".parse::<Ipv4Addr>().unwrap(),
+        "no SNAT for a local backend"
+    );
     let reply = Pkt::tcp("10.244.0.31", 8080, "192.168.1.100", 50000, 0x12).build();
     let (_, out) = t.run(TcProgram::FromPod, &reply);
     let r = check(&out);

@@ -25,11 +25,17 @@ pub struct Limits<'a> {
 
 impl<'a> Limits<'a> {
     pub fn timeout(timeout: Duration) -> Self {
-        Limits { timeout, cancel: None }
+        Limits {
+            timeout,
+            cancel: None,
+        }
     }
 
     pub fn cancel_on(self, flag: &'a AtomicBool) -> Self {
-        Limits { cancel: Some(flag), ..self }
+        Limits {
+            cancel: Some(flag),
+            ..self
+        }
     }
 
     fn cancelled(&self) -> bool {
@@ -81,7 +87,14 @@ fn spawn_with(ns: Option<&str>, cgroup: Option<&Cgroup>, mut cmd: Command) -> Re
     // and `procs` live to the end of this function); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died before prctl took effect.
@@ -102,14 +115,16 @@ fn spawn_with(ns: Option<&str>, cgroup: Option<&Cgroup>, mut cmd: Command) -> Re
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| match ns {
-            Some(ns) => format!("starting `{label}` in network namespace {ns}"),
-            None => format!("starting `{label}`"),
-        })?;
+    let child = cmd.spawn().with_context(|| match ns {
+        Some(ns) => format!("starting `{label}` in network namespace {ns}"),
+        None => format!("starting `{label}`"),
+    })?;
     drop((netns, procs));
-    Ok(ProcessGuard { child, label, exited: None })
+    Ok(ProcessGuard {
+        child,
+        label,
+        exited: None,
+    })
 }
 
 /// Runs `cmd` inside `ns` (and `cgroup`) to completion with captured stdout/stderr; fails if it
@@ -120,7 +135,9 @@ pub fn run_in(
     mut cmd: Command,
     limits: Limits<'_>,
 ) -> Result<Output> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let proc = spawn_in(ns, cgroup, cmd)?;
     let label = proc.label.clone();
     let out = proc.wait_with_output(limits)?;
@@ -129,7 +146,11 @@ pub fn run_in(
             "`{label}` failed ({}): {}{}",
             out.status,
             tail(&out.stderr),
-            if out.stderr.is_empty() { tail(&out.stdout) } else { String::new() }
+            if out.stderr.is_empty() {
+                tail(&out.stdout)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(out)
@@ -140,7 +161,9 @@ fn tail(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let text = text.trim();
     let start = text.len().saturating_sub(600);
-    let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
     text[start..].to_string()
 }
 
@@ -169,11 +192,9 @@ impl ProcessGuard {
 
     /// Reads the child's stdout (it must be `Stdio::piped()`) line by line on a helper thread.
     pub fn stdout_lines(&mut self) -> Result<OutputLines> {
-        let stdout = self
-            .child
-            .stdout
-            .take()
-            .with_context(|| format!("stdout of `{}` is not piped (or already taken)", self.label))?;
+        let stdout = self.child.stdout.take().with_context(|| {
+            format!("stdout of `{}` is not piped (or already taken)", self.label)
+        })?;
         Ok(OutputLines::spawn(stdout))
     }
 
@@ -201,7 +222,11 @@ impl ProcessGuard {
             }
             if Instant::now() >= deadline {
                 self.kill();
-                bail!("`{}` still running after {:?}; killed it", self.label, limits.timeout);
+                bail!(
+                    "`{}` still running after {:?}; killed it",
+                    self.label,
+                    limits.timeout
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -215,9 +240,14 @@ impl ProcessGuard {
         // The pipes close when the child exits (our children don't leave grandchildren behind);
         // still, don't hang on a pipe some other process inherited.
         let collect = |rx: Option<Receiver<Vec<u8>>>| {
-            rx.and_then(|rx| rx.recv_timeout(Duration::from_secs(2)).ok()).unwrap_or_default()
+            rx.and_then(|rx| rx.recv_timeout(Duration::from_secs(2)).ok())
+                .unwrap_or_default()
         };
-        Ok(Output { status, stdout: collect(stdout), stderr: collect(stderr) })
+        Ok(Output {
+            status,
+            stdout: collect(stdout),
+            stderr: collect(stderr),
+        })
     }
 
     /// Kills the child (SIGKILL) and reaps it. Idempotent.
@@ -277,7 +307,11 @@ impl OutputLines {
     }
 
     /// Skips lines until one satisfies `pred`; fails when `limits` run out or the output ends.
-    pub fn wait_for(&self, mut pred: impl FnMut(&str) -> bool, limits: Limits<'_>) -> Result<String> {
+    pub fn wait_for(
+        &self,
+        mut pred: impl FnMut(&str) -> bool,
+        limits: Limits<'_>,
+    ) -> Result<String> {
         let deadline = Instant::now() + limits.timeout;
         loop {
             if limits.cancelled() {

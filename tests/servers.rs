@@ -57,7 +57,12 @@ pub fn spawn_server(
     let lines = server.stdout_lines()?;
     lines
         .wait_for(|l| l.starts_with("READY "), Limits::timeout(READY_TIMEOUT))
-        .with_context(|| format!("{} server {name} on {listen} in {ns} did not start", proto.as_str()))?;
+        .with_context(|| {
+            format!(
+                "{} server {name} on {listen} in {ns} did not start",
+                proto.as_str()
+            )
+        })?;
     Ok(server)
 }
 
@@ -120,7 +125,9 @@ pub fn ask(
     opts: AskOptions,
 ) -> Result<Vec<Reply>> {
     let mut cmd = ask_command(bin, proto, to, &opts);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let budget = (opts.timeout * 2 + opts.interval) * opts.count + Duration::from_secs(5);
     let out = spawn_in(ns, cgroup, cmd)?.wait_with_output(Limits::timeout(budget))?;
     // Exit status 1 means some exchange failed, which the output lines say; 2 is a usage error.
@@ -136,16 +143,26 @@ pub fn ask(
 
 /// Parses `OK <name> <peer>` / `ERR <reason>` lines.
 pub fn parse_replies(stdout: &str) -> Result<Vec<Reply>> {
-    stdout.lines().filter(|l| !l.trim().is_empty()).map(parse_reply).collect()
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_reply)
+        .collect()
 }
 
 fn parse_reply(line: &str) -> Result<Reply> {
     if let Some(reason) = line.strip_prefix("ERR ") {
         return Ok(Err(reason.to_string()));
     }
-    let mut fields = line.strip_prefix("OK ").unwrap_or_default().split_whitespace();
+    let mut fields = line
+        .strip_prefix("OK ")
+        .unwrap_or_default()
+        .split_whitespace();
     match (fields.next(), fields.next().map(str::parse::<SocketAddr>)) {
-        (Some(name), Some(Ok(peer))) => Ok(Ok(Answer { name: name.to_string(), peer })),
+        (Some(name), Some(Ok(peer))) => Ok(Ok(Answer {
+            name: name.to_string(),
+            peer,
+        })),
         _ => bail!("unexpected keel-testsrv output line {line:?}"),
     }
 }
@@ -172,11 +189,18 @@ impl Client {
         opts: AskOptions,
     ) -> Result<Client> {
         let mut cmd = ask_command(bin, proto, to, &opts);
-        cmd.arg("--stdin").stdin(Stdio::piped()).stdout(Stdio::piped());
+        cmd.arg("--stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         let mut proc = spawn_in(ns, cgroup, cmd)?;
         let stdin = proc.take_stdin().context("client stdin is not piped")?;
         let lines = proc.stdout_lines()?;
-        Ok(Client { stdin, lines, timeout: opts.timeout, _proc: proc })
+        Ok(Client {
+            stdin,
+            lines,
+            timeout: opts.timeout,
+            _proc: proc,
+        })
     }
 
     /// One exchange over the client's connection/socket (a new one if the previous failed).
@@ -197,12 +221,16 @@ mod tests {
 
     #[test]
     fn parses_replies() {
-        let replies = parse_replies("OK backend-1 10.96.0.10:80\nERR connect: Connection refused\n")
-            .expect("valid output");
+        let replies =
+            parse_replies("OK backend-1 10.96.0.10:80\nERR connect: Connection refused\n")
+                .expect("valid output");
         assert_eq!(
             replies,
             vec![
-                Ok(Answer { name: "backend-1".into(), peer: "10.96.0.10:80".parse().unwrap() }),
+                Ok(Answer {
+                    name: "backend-1".into(),
+                    peer: "10.96.0.10:80".parse().unwrap()
+                }),
                 Err("connect: Connection refused".into()),
             ]
         );

@@ -82,7 +82,11 @@ impl Backends {
             let addr = SocketAddrV4::new(pod.ip(), HTTP_PORT);
             wait_accepting(&mut nginx, probe_ns, addr, cancel).with_context(|| {
                 let log = std::fs::read_to_string(pod_dir.join("error.log")).unwrap_or_default();
-                format!("nginx in {} did not start; error.log: {}", pod.netns(), log.trim())
+                format!(
+                    "nginx in {} did not start; error.log: {}",
+                    pod.netns(),
+                    log.trim()
+                )
             })?;
             servers.push(nginx);
 
@@ -103,7 +107,10 @@ impl Backends {
                 .with_context(|| format!("iperf3 -s in {} did not start", pod.netns()))?;
             servers.push(iperf);
         }
-        Ok(Backends { _servers: servers, _dir: dir })
+        Ok(Backends {
+            _servers: servers,
+            _dir: dir,
+        })
     }
 }
 

@@ -58,7 +58,11 @@ impl Catalogue {
         if scale == 0 || scale > MAX_SERVICES {
             bail!("services per run must be within 1..={MAX_SERVICES}, got {scale}");
         }
-        ensure!(backends.len() == ENDPOINTS, "need {ENDPOINTS} backends, got {}", backends.len());
+        ensure!(
+            backends.len() == ENDPOINTS,
+            "need {ENDPOINTS} backends, got {}",
+            backends.len()
+        );
         let fillers = scale - 1;
         let vip = |i: usize| Ipv4Addr::from(VIP_BASE + i as u32);
         let mut services: Vec<ServiceSpec> = (0..fillers)
@@ -113,7 +117,11 @@ mod tests {
     use super::*;
 
     fn backends() -> Vec<Ipv4Addr> {
-        vec![Ipv4Addr::new(10, 244, 0, 11), Ipv4Addr::new(10, 244, 0, 12), Ipv4Addr::new(10, 244, 0, 13)]
+        vec![
+            Ipv4Addr::new(10, 244, 0, 11),
+            Ipv4Addr::new(10, 244, 0, 12),
+            Ipv4Addr::new(10, 244, 0, 13),
+        ]
     }
 
     #[test]
@@ -129,7 +137,12 @@ mod tests {
         assert_eq!(vips.len(), 1001);
         let last = Catalogue::new(MAX_SERVICES, &backends()).expect("max scale");
         let filler = &last.services()[MAX_SERVICES - 2];
-        assert!(filler.endpoints.iter().all(|a| a.octets()[..2] < [10, 208][..]));
+        assert!(
+            filler
+                .endpoints
+                .iter()
+                .all(|a| a.octets()[..2] < [10, 208][..])
+        );
     }
 
     #[test]

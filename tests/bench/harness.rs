@@ -55,13 +55,16 @@ fn interrupted(cancel: &AtomicBool) -> Result<()> {
 }
 
 fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join(tool).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
 }
 
 fn check_tools(datapaths: &[DatapathKind]) -> Result<()> {
-    let mut tools = vec![("wrk", "wrk"), ("iperf3", "iperf3"), ("nginx", "nginx-light")];
+    let mut tools = vec![
+        ("wrk", "wrk"),
+        ("iperf3", "iperf3"),
+        ("nginx", "nginx-light"),
+    ];
     if datapaths.contains(&DatapathKind::Iptables) {
         tools.extend([("iptables-restore", "iptables"), ("nft", "nftables")]);
     }
@@ -89,11 +92,18 @@ impl Bed {
         let client_cgroup = Cgroup::create()?;
         let pods: Vec<_> = BACKENDS.iter().map(|&i| topology.pod(i)).collect();
         let backends = Backends::start(&pods, topology.node_netns(), cancel)?;
-        Ok(Bed { _backends: backends, client_cgroup, topology })
+        Ok(Bed {
+            _backends: backends,
+            client_cgroup,
+            topology,
+        })
     }
 
     fn backend_ips(&self) -> Vec<Ipv4Addr> {
-        BACKENDS.iter().map(|&i| self.topology.pod(i).ip()).collect()
+        BACKENDS
+            .iter()
+            .map(|&i| self.topology.pod(i).ip())
+            .collect()
     }
 
     fn client<'a>(&'a self, durations: Durations, cancel: &'a AtomicBool) -> Client<'a> {
@@ -114,7 +124,10 @@ pub fn run(plan: &Plan, cancel: &AtomicBool) -> Result<Outcome> {
     check_tools(&plan.datapaths)?;
     eprintln!("setting up namespaces and backends");
     let bed = Bed::build(cancel)?;
-    let mut outcome = Outcome { rows: Vec::new(), failures: Vec::new() };
+    let mut outcome = Outcome {
+        rows: Vec::new(),
+        failures: Vec::new(),
+    };
     for &scale in &plan.scales {
         interrupted(cancel)?;
         let rows = measure_scale(&bed, plan, scale, cancel, &mut outcome.failures)?;
@@ -143,8 +156,15 @@ fn measure_scale(
         .datapaths
         .contains(&DatapathKind::Iptables)
         .then(|| iptables::ruleset(&catalogue, POD_CIDR));
-    let objects = plan.datapaths.contains(&DatapathKind::Keel).then(|| keel::k8s_objects(&catalogue));
-    let prepared = Prepared { catalogue, ruleset, objects };
+    let objects = plan
+        .datapaths
+        .contains(&DatapathKind::Keel)
+        .then(|| keel::k8s_objects(&catalogue));
+    let prepared = Prepared {
+        catalogue,
+        ruleset,
+        objects,
+    };
 
     let mut samples: BTreeMap<&'static str, Samples> = BTreeMap::new();
     for rep in 0..plan.reps {
@@ -154,7 +174,12 @@ fn measure_scale(
         for dp in order {
             interrupted(cancel)?;
             let s = samples.entry(dp.name()).or_default();
-            let label = format!("{scale} services, rep {}/{}, {}", rep + 1, plan.reps, dp.name());
+            let label = format!(
+                "{scale} services, rep {}/{}, {}",
+                rep + 1,
+                plan.reps,
+                dp.name()
+            );
             if let Err(e) = measure(bed, plan, &prepared, dp, cancel, s, &label, failures) {
                 interrupted(cancel)?;
                 eprintln!("  {label}: FAILED: {e:#}");
@@ -165,7 +190,13 @@ fn measure_scale(
     Ok(plan
         .datapaths
         .iter()
-        .map(|&dp| samples.get(dp.name()).cloned().unwrap_or_default().row(dp, scale))
+        .map(|&dp| {
+            samples
+                .get(dp.name())
+                .cloned()
+                .unwrap_or_default()
+                .row(dp, scale)
+        })
         .collect())
 }
 
@@ -187,15 +218,29 @@ fn measure(
     match dp {
         DatapathKind::Direct => {
             let backend = bed.topology.pod(BACKENDS[0]).ip();
-            let targets = (SocketAddrV4::new(backend, HTTP_PORT), SocketAddrV4::new(backend, IPERF_PORT));
+            let targets = (
+                SocketAddrV4::new(backend, HTTP_PORT),
+                SocketAddrV4::new(backend, IPERF_PORT),
+            );
             run_loads(&client, targets, None, samples, label, failures);
         }
         DatapathKind::Iptables => {
             let rules = prepared.ruleset.as_deref().context("no ruleset prepared")?;
-            let (table, took) = LoadedTable::load(node_ns, rules, Limits::timeout(Duration::from_secs(600)).cancel_on(cancel))?;
+            let (table, took) = LoadedTable::load(
+                node_ns,
+                rules,
+                Limits::timeout(Duration::from_secs(600)).cancel_on(cancel),
+            )?;
             samples.program_s.push(took.as_secs_f64());
             probe(bed, http_vip, cancel)?;
-            run_loads(&client, (http_vip, iperf_vip), Some(took), samples, label, failures);
+            run_loads(
+                &client,
+                (http_vip, iperf_vip),
+                Some(took),
+                samples,
+                label,
+                failures,
+            );
             drop(table);
         }
         DatapathKind::Keel => {
@@ -211,7 +256,14 @@ fn measure(
             )?;
             samples.program_s.push(took.as_secs_f64());
             probe(bed, http_vip, cancel)?;
-            run_loads(&client, (http_vip, iperf_vip), Some(took), samples, label, failures);
+            run_loads(
+                &client,
+                (http_vip, iperf_vip),
+                Some(took),
+                samples,
+                label,
+                failures,
+            );
             keel.unload()?;
         }
     }
@@ -231,20 +283,31 @@ fn run_loads(
     if let Some(t) = program_time {
         figures.push(format!("programmed in {:.3} s", t.as_secs_f64()));
     }
-    let mut record = |result: Result<f64>, into: &mut Vec<f64>, unit: &str, decimals: usize| match result {
-        Ok(v) => {
-            into.push(v);
-            figures.push(format!("{v:.decimals$} {unit}"));
-        }
-        Err(e) => {
-            figures.push(format!("{unit}: FAILED"));
-            failures.push(format!("{label}: {e:#}"));
-            eprintln!("  {label}: {e:#}");
-        }
-    };
-    record(client.connection_rate(http), &mut samples.conn_per_s, "conn/s", 0);
+    let mut record =
+        |result: Result<f64>, into: &mut Vec<f64>, unit: &str, decimals: usize| match result {
+            Ok(v) => {
+                into.push(v);
+                figures.push(format!("{v:.decimals$} {unit}"));
+            }
+            Err(e) => {
+                figures.push(format!("{unit}: FAILED"));
+                failures.push(format!("{label}: {e:#}"));
+                eprintln!("  {label}: {e:#}");
+            }
+        };
+    record(
+        client.connection_rate(http),
+        &mut samples.conn_per_s,
+        "conn/s",
+        0,
+    );
     record(client.request_rate(http), &mut samples.rr_per_s, "req/s", 0);
-    record(client.throughput(iperf), &mut samples.gbit_per_s, "Gbit/s", 2);
+    record(
+        client.throughput(iperf),
+        &mut samples.gbit_per_s,
+        "Gbit/s",
+        2,
+    );
     eprintln!("  {label}: {}", figures.join(", "));
 }
 

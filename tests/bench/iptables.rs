@@ -42,7 +42,10 @@ fn svc_chain(svc: &ServiceSpec) -> String {
 }
 
 fn sep_chain(svc: &ServiceSpec, endpoint: &str) -> String {
-    format!("KUBE-SEP-{}", chain_hash(&format!("{}tcp{endpoint}", svc.port_id())))
+    format!(
+        "KUBE-SEP-{}",
+        chain_hash(&format!("{}tcp{endpoint}", svc.port_id()))
+    )
 }
 
 /// The nat table for `catalogue` in `iptables-restore` format; `cluster_cidr` is kube-proxy's
@@ -52,12 +55,21 @@ pub fn ruleset(catalogue: &Catalogue, cluster_cidr: &str) -> String {
     let endpoints: usize = services.iter().map(|s| s.endpoints.len()).sum();
     let large = endpoints > LARGE_CLUSTER_ENDPOINTS;
     let comment = |text: &str| {
-        if large { String::new() } else { format!(" -m comment --comment \"{text}\"") }
+        if large {
+            String::new()
+        } else {
+            format!(" -m comment --comment \"{text}\"")
+        }
     };
 
     let mut chains = String::new();
     let mut rules = String::new();
-    for chain in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
+    for chain in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ] {
         // Writing to a String cannot fail.
         let _ = writeln!(chains, ":{chain} - [0:0]");
     }
@@ -67,7 +79,10 @@ pub fn ruleset(catalogue: &Catalogue, cluster_cidr: &str) -> String {
         "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n",
     ));
     let _ = writeln!(rules, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
-    let _ = writeln!(rules, "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN");
+    let _ = writeln!(
+        rules,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
     let _ = writeln!(rules, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
     rules.push_str(
         "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
@@ -107,7 +122,10 @@ pub fn ruleset(catalogue: &Catalogue, cluster_cidr: &str) -> String {
         let k = eps.len();
         for (i, (sep, ep)) in eps.iter().enumerate() {
             let statistic = if i + 1 < k {
-                format!(" -m statistic --mode random --probability {:.10}", 1.0 / (k - i) as f64)
+                format!(
+                    " -m statistic --mode random --probability {:.10}",
+                    1.0 / (k - i) as f64
+                )
             } else {
                 String::new()
             };
@@ -125,7 +143,11 @@ pub fn ruleset(catalogue: &Catalogue, cluster_cidr: &str) -> String {
                 String::new()
             };
             let _ = writeln!(chains, ":{sep} - [0:0]");
-            let _ = writeln!(per_service, "-A {sep} -s {ip}/32{} -j KUBE-MARK-MASQ", comment(&id));
+            let _ = writeln!(
+                per_service,
+                "-A {sep} -s {ip}/32{} -j KUBE-MARK-MASQ",
+                comment(&id)
+            );
             let _ = writeln!(
                 per_service,
                 "-A {sep} -p tcp{}{recent} -m tcp -j DNAT --to-destination {ep}",
@@ -148,7 +170,11 @@ pub struct LoadedTable<'a> {
 impl<'a> LoadedTable<'a> {
     /// Loads `rules` with one `iptables-restore` in `ns`; returns the guard and the wall time of
     /// the load (process start to exit, as kube-proxy's sync experiences it).
-    pub fn load(ns: &'a str, rules: &str, limits: Limits<'_>) -> Result<(LoadedTable<'a>, Duration)> {
+    pub fn load(
+        ns: &'a str,
+        rules: &str,
+        limits: Limits<'_>,
+    ) -> Result<(LoadedTable<'a>, Duration)> {
         let mut cmd = Command::new("iptables-restore");
         cmd.args(["--noflush", "--counters"])
             .stdin(Stdio::piped())
@@ -158,7 +184,9 @@ impl<'a> LoadedTable<'a> {
         let mut proc = spawn_in(ns, None, cmd)?;
         // From here on the table may exist (partly): the guard removes it on every path.
         let table = LoadedTable { ns };
-        let stdin = proc.take_stdin().context("iptables-restore stdin is not piped")?;
+        let stdin = proc
+            .take_stdin()
+            .context("iptables-restore stdin is not piped")?;
         // Feed the ruleset from a helper thread so the wait below stays bounded; if the wait
         // kills iptables-restore, the writer fails with a broken pipe and ends.
         let (write, out) = std::thread::scope(|s| {
@@ -166,7 +194,10 @@ impl<'a> LoadedTable<'a> {
                 let mut stdin = stdin;
                 stdin.write_all(rules.as_bytes())
             });
-            let out = proc.wait_with_output(Limits { timeout: LOAD_TIMEOUT.min(limits.timeout), ..limits });
+            let out = proc.wait_with_output(Limits {
+                timeout: LOAD_TIMEOUT.min(limits.timeout),
+                ..limits
+            });
             (writer.join(), out)
         });
         let out = out?;
@@ -226,14 +257,19 @@ mod tests {
         // kube-proxy: servicePortChainName("ns1/svc1:p80", "tcp")
         assert_eq!(chain_hash("ns1/svc1:p80tcp"), "XPGD46QRK7WJZT7O");
         // kube-proxy: servicePortEndpointChainName("ns1/svc1:p80", "tcp", "10.180.0.1:80")
-        assert_eq!(chain_hash("ns1/svc1:p80tcp10.180.0.1:80"), "SXIVWICOYRO3J4NJ");
+        assert_eq!(
+            chain_hash("ns1/svc1:p80tcp10.180.0.1:80"),
+            "SXIVWICOYRO3J4NJ"
+        );
     }
 
     #[test]
     fn walks_every_service_then_nodeports() {
         let rules = ruleset(&catalogue(3), "10.244.0.0/16");
-        let services: Vec<&str> =
-            rules.lines().filter(|l| l.starts_with("-A KUBE-SERVICES")).collect();
+        let services: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-SERVICES"))
+            .collect();
         assert_eq!(services.len(), 5);
         assert!(services[2].contains("target-iperf"));
         assert!(services[3].contains("target-http"));
@@ -247,7 +283,10 @@ mod tests {
         for target in rules.lines().filter_map(|l| l.split(" -j ").nth(1)) {
             let chain = target.split_whitespace().next().unwrap_or_default();
             if chain.starts_with("KUBE-") {
-                assert!(rules.contains(&format!(":{chain} - [0:0]")), "{chain} undeclared");
+                assert!(
+                    rules.contains(&format!(":{chain} - [0:0]")),
+                    "{chain} undeclared"
+                );
             }
         }
     }

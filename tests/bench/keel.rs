@@ -50,7 +50,10 @@ fn endpoint_slice(spec: &ServiceSpec) -> EndpointSlice {
         metadata: ObjectMeta {
             name: Some(format!("{}-bench", spec.name)),
             namespace: Some(NAMESPACE.into()),
-            labels: Some(BTreeMap::from([(SERVICE_NAME_LABEL.into(), spec.name.clone())])),
+            labels: Some(BTreeMap::from([(
+                SERVICE_NAME_LABEL.into(),
+                spec.name.clone(),
+            )])),
             ..Default::default()
         },
         address_type: "IPv4".into(),
@@ -78,7 +81,11 @@ fn endpoint_slice(spec: &ServiceSpec) -> EndpointSlice {
 
 /// The catalogue as the API server would serve it.
 pub fn k8s_objects(catalogue: &Catalogue) -> (Vec<Service>, Vec<EndpointSlice>) {
-    catalogue.services().iter().map(|s| (service(s), endpoint_slice(s))).unzip()
+    catalogue
+        .services()
+        .iter()
+        .map(|s| (service(s), endpoint_slice(s)))
+        .unzip()
 }
 
 /// Keel loaded and attached for one measurement; torn down (programs detached, pins removed)
@@ -124,20 +131,34 @@ impl LoadedKeel {
         slices: &[EndpointSlice],
     ) -> Result<(LoadedKeel, Duration)> {
         let pin_dir = pin_dir();
-        let mut keel = LoadedKeel { datapath: None, pin_dir: pin_dir.clone() };
-        let cfg = DatapathConfig { pin_dir, node_name: "bench-node".into() };
+        let mut keel = LoadedKeel {
+            datapath: None,
+            pin_dir: pin_dir.clone(),
+        };
+        let cfg = DatapathConfig {
+            pin_dir,
+            node_name: "bench-node".into(),
+        };
         let program_time = run_in_netns(node_ns, || -> Result<Duration> {
-            let dp = keel.datapath.insert(Datapath::load(cfg).context("loading Keel's datapath")?);
-            dp.set_node_addresses(node_addrs).context("setting node addresses")?;
+            let dp = keel
+                .datapath
+                .insert(Datapath::load(cfg).context("loading Keel's datapath")?);
+            dp.set_node_addresses(node_addrs)
+                .context("setting node addresses")?;
             let start = Instant::now();
             let stats = dp.sync(services, slices).context("programming services")?;
             let elapsed = start.elapsed();
             if let Some(w) = stats.warnings.first() {
-                eprintln!("  keel: {} translation warnings, first: {w}", stats.warnings.len());
+                eprintln!(
+                    "  keel: {} translation warnings, first: {w}",
+                    stats.warnings.len()
+                );
             }
-            dp.attach_cgroup(client_cgroup).context("attaching to the client cgroup")?;
+            dp.attach_cgroup(client_cgroup)
+                .context("attaching to the client cgroup")?;
             for dev in host_veths {
-                dp.attach_pod_device(dev).with_context(|| format!("attaching to {dev}"))?;
+                dp.attach_pod_device(dev)
+                    .with_context(|| format!("attaching to {dev}"))?;
             }
             Ok(elapsed)
         })??;
@@ -151,7 +172,10 @@ impl LoadedKeel {
 
     fn teardown(&mut self) -> Result<()> {
         let result = match self.datapath.take() {
-            Some(dp) => dp.teardown().map_err(|e| anyhow!(e)).context("tearing down Keel's datapath"),
+            Some(dp) => dp
+                .teardown()
+                .map_err(|e| anyhow!(e))
+                .context("tearing down Keel's datapath"),
             None => Ok(()),
         };
         // Unpinning the links detaches the programs, whatever happened above.
@@ -183,7 +207,10 @@ mod tests {
         let (services, slices) = k8s_objects(&cat);
         assert_eq!(services.len(), 6);
         let json = serde_json::to_value(&slices[5]).expect("serializable");
-        assert_eq!(json["metadata"]["labels"][SERVICE_NAME_LABEL], "target-http");
+        assert_eq!(
+            json["metadata"]["labels"][SERVICE_NAME_LABEL],
+            "target-http"
+        );
         assert_eq!(json["addressType"], "IPv4");
         assert_eq!(json["ports"][0]["name"], "http");
         assert_eq!(json["endpoints"][0]["conditions"]["ready"], true);

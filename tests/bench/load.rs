@@ -61,10 +61,18 @@ impl Client<'_> {
             cmd.args(["-H", "Connection: close"]);
         }
         cmd.arg(format!("http://{target}/"));
-        let out = run_in(self.netns, Some(self.cgroup), cmd, self.limits(self.durations.wrk))?;
+        let out = run_in(
+            self.netns,
+            Some(self.cgroup),
+            cmd,
+            self.limits(self.durations.wrk),
+        )?;
         let report = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
         if report.requests == 0 {
-            bail!("wrk completed no request to {target} ({} errors)", report.errors);
+            bail!(
+                "wrk completed no request to {target} ({} errors)",
+                report.errors
+            );
         }
         let share = report.errors as f64 / (report.requests + report.errors) as f64;
         if share > MAX_ERROR_SHARE {
@@ -91,10 +99,15 @@ impl Client<'_> {
     pub fn throughput(&self, target: SocketAddrV4) -> Result<f64> {
         let d = self.durations;
         let mut cmd = Command::new("iperf3");
-        cmd.args(["-c", &target.ip().to_string(), "-p", &target.port().to_string()])
-            .args(["-t", &d.iperf.as_secs().max(1).to_string()])
-            .args(["-O", &d.iperf_omit.as_secs().to_string()])
-            .args(["-P", "1", "-J", "--connect-timeout", "3000"]);
+        cmd.args([
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+        ])
+        .args(["-t", &d.iperf.as_secs().max(1).to_string()])
+        .args(["-O", &d.iperf_omit.as_secs().to_string()])
+        .args(["-P", "1", "-J", "--connect-timeout", "3000"]);
         let out = run_in(self.netns, Some(self.cgroup), cmd, self.limits(d.iperf))
             .context("iperf3 throughput")?;
         parse_iperf3(&String::from_utf8_lossy(&out.stdout)).context("iperf3 throughput")
@@ -122,7 +135,11 @@ pub fn parse_wrk(stdout: &str) -> Result<WrkReport> {
         }
     }
     match (requests_per_s, requests) {
-        (Some(requests_per_s), Some(requests)) => Ok(WrkReport { requests_per_s, requests, errors }),
+        (Some(requests_per_s), Some(requests)) => Ok(WrkReport {
+            requests_per_s,
+            requests,
+            errors,
+        }),
         _ => bail!("no `Requests/sec:` in wrk's output: {:?}", stdout.trim()),
     }
 }
@@ -159,7 +176,14 @@ Transfer/sec:      2.98MB
     #[test]
     fn parses_wrk() {
         let r = parse_wrk(WRK).expect("valid report");
-        assert_eq!(r, WrkReport { requests_per_s: 18721.64, requests: 37446, errors: 6 });
+        assert_eq!(
+            r,
+            WrkReport {
+                requests_per_s: 18721.64,
+                requests: 37446,
+                errors: 6
+            }
+        );
         assert!(parse_wrk("unable to connect to 10.96.0.1:80 Connection refused").is_err());
     }
 
@@ -168,7 +192,12 @@ Transfer/sec:      2.98MB
         let ok = r#"{"start":{},"end":{"sum_received":{"bits_per_second":18.5e9}}}"#;
         assert!((parse_iperf3(ok).expect("valid") - 18.5).abs() < 1e-9);
         let err = r#"{"start":{},"error":"unable to connect to server: Connection refused"}"#;
-        assert!(parse_iperf3(err).unwrap_err().to_string().contains("Connection refused"));
+        assert!(
+            parse_iperf3(err)
+                .unwrap_err()
+                .to_string()
+                .contains("Connection refused")
+        );
         assert!(parse_iperf3("").is_err());
     }
 }

@@ -79,7 +79,11 @@ fn plan(cli: &Cli) -> Result<Plan> {
         bail!("no datapath to measure");
     }
     let scales: Vec<usize> = if cli.services.is_empty() {
-        if cli.quick { vec![1, 1000, 10_000] } else { vec![1, 1000, 10_000, 100_000] }
+        if cli.quick {
+            vec![1, 1000, 10_000]
+        } else {
+            vec![1, 1000, 10_000, 100_000]
+        }
     } else {
         cli.services.iter().map(|&n| n as usize).collect()
     };
@@ -97,14 +101,23 @@ fn plan(cli: &Cli) -> Result<Plan> {
         }
     };
     let reps = cli.reps.unwrap_or(if cli.quick { 1 } else { 3 });
-    Ok(Plan { scales, reps, datapaths, durations })
+    Ok(Plan {
+        scales,
+        reps,
+        datapaths,
+        durations,
+    })
 }
 
 /// Ctrl-C (or SIGTERM/SIGHUP) sets the flag: waits give up, guards clean up, the run ends with
 /// an error. A second signal exits at once (leftovers are swept by the next run).
 fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone())
             .context("installing a signal handler")?;
         signal_hook::flag::register(signal, flag.clone()).context("installing a signal handler")?;

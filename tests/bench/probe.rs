@@ -15,7 +15,10 @@ pub fn run(to: SocketAddrV4, count: u32) -> Result<()> {
             .with_context(|| format!("request {}: connecting to {to}", i + 1))?;
         stream.set_read_timeout(Some(TIMEOUT))?;
         stream.set_write_timeout(Some(TIMEOUT))?;
-        write!(stream, "GET / HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n")?;
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+        )?;
         let mut response = Vec::new();
         stream
             .take(64 * 1024)
@@ -23,7 +26,11 @@ pub fn run(to: SocketAddrV4, count: u32) -> Result<()> {
             .with_context(|| format!("request {}: reading the response", i + 1))?;
         if !response.starts_with(b"HTTP/1.1 200") {
             let head = String::from_utf8_lossy(&response);
-            bail!("request {}: unexpected response {:?}", i + 1, head.lines().next().unwrap_or(""));
+            bail!(
+                "request {}: unexpected response {:?}",
+                i + 1,
+                head.lines().next().unwrap_or("")
+            );
         }
     }
     Ok(())

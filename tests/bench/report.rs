@@ -72,7 +72,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 { (v[mid - 1] + v[mid]) / 2.0 } else { v[mid] })
+    Some(if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
 }
 
 fn cell(value: Option<f64>, decimals: usize) -> String {
@@ -118,8 +122,9 @@ pub fn table(rows: &[Row]) -> String {
 
 fn create_parent(path: &Path) -> Result<()> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display())),
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+        }
         _ => Ok(()),
     }
 }
@@ -183,9 +188,15 @@ mod tests {
             gbit_per_s: Some(10.0),
             program_s: None,
         };
-        let text = table(&[row(DatapathKind::Direct, 20000.0), row(DatapathKind::Iptables, 10000.0)]);
+        let text = table(&[
+            row(DatapathKind::Direct, 20000.0),
+            row(DatapathKind::Iptables, 10000.0),
+        ]);
         let iptables = text.lines().nth(2).expect("three lines");
-        assert!(iptables.contains("10000") && iptables.contains("0.50"), "{iptables}");
+        assert!(
+            iptables.contains("10000") && iptables.contains("0.50"),
+            "{iptables}"
+        );
         let json = serde_json::to_string(&row(DatapathKind::Keel, 1.0)).expect("serializable");
         assert!(json.contains(r#""datapath":"keel""#) && json.contains(r#""rr_per_s":null"#));
     }

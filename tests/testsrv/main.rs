@@ -146,10 +146,13 @@ fn accept_loop(listener: TcpListener, name: &str, handle: fn(TcpStream, &str)) -
 }
 
 fn serve_tcp(args: &ServeArgs) -> Result<()> {
-    let listener = TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     ready(listener.local_addr()?)?;
     accept_loop(listener, &args.name, |stream, name| {
-        let Ok(mut writer) = stream.try_clone() else { return };
+        let Ok(mut writer) = stream.try_clone() else {
+            return;
+        };
         for line in BufReader::new(stream).lines() {
             if line.is_err() || writeln!(writer, "{name}").is_err() {
                 break;
@@ -159,7 +162,8 @@ fn serve_tcp(args: &ServeArgs) -> Result<()> {
 }
 
 fn serve_http(args: &ServeArgs) -> Result<()> {
-    let listener = TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     ready(listener.local_addr()?)?;
     accept_loop(listener, &args.name, |mut stream, name| {
         let mut head = Vec::new();
@@ -184,7 +188,8 @@ fn serve_http(args: &ServeArgs) -> Result<()> {
 }
 
 fn serve_udp(args: &ServeArgs) -> Result<()> {
-    let socket = UdpSocket::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let socket =
+        UdpSocket::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     ready(socket.local_addr()?)?;
     let answer = format!("{}\n", args.name);
     let mut buf = [0u8; 2048];
@@ -255,11 +260,17 @@ fn connect(to: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
     Ok(stream)
 }
 
-fn exchange_tcp(to: SocketAddrV4, conn: &mut Conn, timeout: Duration) -> Result<(String, SocketAddr)> {
+fn exchange_tcp(
+    to: SocketAddrV4,
+    conn: &mut Conn,
+    timeout: Duration,
+) -> Result<(String, SocketAddr)> {
     if !matches!(conn, Conn::Tcp(_)) {
         *conn = Conn::Tcp(BufReader::new(connect(to, timeout)?));
     }
-    let Conn::Tcp(reader) = conn else { bail!("no TCP connection") };
+    let Conn::Tcp(reader) = conn else {
+        bail!("no TCP connection")
+    };
     reader.get_mut().write_all(b"ping\n").context("send")?;
     let mut line = String::new();
     if reader.read_line(&mut line).context("receive")? == 0 {
@@ -268,18 +279,27 @@ fn exchange_tcp(to: SocketAddrV4, conn: &mut Conn, timeout: Duration) -> Result<
     Ok((line.trim().to_string(), reader.get_ref().peer_addr()?))
 }
 
-fn exchange_udp(to: SocketAddrV4, conn: &mut Conn, timeout: Duration) -> Result<(String, SocketAddr)> {
+fn exchange_udp(
+    to: SocketAddrV4,
+    conn: &mut Conn,
+    timeout: Duration,
+) -> Result<(String, SocketAddr)> {
     if !matches!(conn, Conn::Udp(_)) {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         socket.set_read_timeout(Some(timeout))?;
         socket.connect(to).context("connect")?;
         *conn = Conn::Udp(socket);
     }
-    let Conn::Udp(socket) = conn else { bail!("no UDP socket") };
+    let Conn::Udp(socket) = conn else {
+        bail!("no UDP socket")
+    };
     socket.send(b"ping\n").context("send")?;
     let mut buf = [0u8; 2048];
     let n = socket.recv(&mut buf).context("receive")?;
-    Ok((String::from_utf8_lossy(&buf[..n]).trim().to_string(), socket.peer_addr()?))
+    Ok((
+        String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+        socket.peer_addr()?,
+    ))
 }
 
 fn exchange_udp_unconnected(to: SocketAddrV4, timeout: Duration) -> Result<(String, SocketAddr)> {
@@ -294,7 +314,11 @@ fn exchange_udp_unconnected(to: SocketAddrV4, timeout: Duration) -> Result<(Stri
 fn exchange_http(to: SocketAddrV4, timeout: Duration) -> Result<(String, SocketAddr)> {
     let mut stream = connect(to, timeout)?;
     let peer = stream.peer_addr()?;
-    write!(stream, "GET / HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n").context("send")?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
+    )
+    .context("send")?;
     let mut response = Vec::new();
     stream
         .take(MAX_REQUEST_HEAD as u64)
@@ -305,7 +329,10 @@ fn exchange_http(to: SocketAddrV4, timeout: Duration) -> Result<(String, SocketA
         bail!("malformed HTTP response ({} bytes)", response.len());
     };
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("unexpected status: {}", head.lines().next().unwrap_or_default());
+        bail!(
+            "unexpected status: {}",
+            head.lines().next().unwrap_or_default()
+        );
     }
     Ok((body.trim().to_string(), peer))
 }

@@ -294,14 +294,19 @@ fn demo() -> Result<()> {
     if !is_root() {
         bail!("the demo builds network namespaces and loads BPF programs: run it as root");
     }
-    run(Command::new(cargo()).current_dir(root()).args([
-        "run",
+    let root = root();
+    run(Command::new(cargo()).current_dir(&root).args([
+        "build",
         "--quiet",
         "--release",
         "-p",
+        "keel-agent",
+        "-p",
         "keel-tests",
-        "--bin",
-        "keel-demo",
-        "--",
-    ]))
+        "--bins",
+    ]))?;
+    let bin = root.join("target/release");
+    run(Command::new(bin.join("keel-demo"))
+        .env("KEEL_AGENT_BIN", bin.join("keel-agent"))
+        .env("KEEL_TESTSRV_BIN", bin.join("keel-testsrv")))
 }
