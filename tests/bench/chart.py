@@ -49,9 +49,9 @@ def main(results_path, out_path):
         ax.axhline(1.0, color="black", linewidth=0.6, linestyle="--")
         ax.set_xticks(list(xs), [f"{s:,}" for s in scales])
         ax.set_xlabel("services")
-        ax.set_ylim(0, 1.35)
+        ax.set_ylim(0, 1.5)
         ax.set_title(title)
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="upper center", ncol=len(datapaths), fontsize=8)
 
     ax = axes[1][1]
     for dp in datapaths:

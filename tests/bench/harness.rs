@@ -1,8 +1,8 @@
-//! The measurement plan: build the topology and backends once, then for each scale and
-//! repetition measure every datapath in turn (rotating their order between repetitions, so
-//! drift hits all of them alike). A datapath's rules or programs exist only during its own runs.
+//! The measurement plan: build the topology and backends once; then for each scale, for each
+//! datapath in turn: program it (timed), check that it serves, measure `reps` rounds of the three
+//! loads (the figures are medians), and remove it. A datapath's rules or programs exist only
+//! during its own runs, so the others never pay for them.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +79,18 @@ fn check_tools(datapaths: &[DatapathKind]) -> Result<()> {
     Ok(())
 }
 
+/// Other work on a 2-core machine skews every figure: say so up front.
+fn warn_if_busy() {
+    let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| {
+        s.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+    });
+    if let Some(load) = load.filter(|&l| l > 1.0) {
+        eprintln!("warning: the machine is busy (load average {load:.1}): figures will be noisy");
+    }
+}
+
 impl Bed {
     fn build(cancel: &AtomicBool) -> Result<Bed> {
         let swept = netns::sweep_stale() + cgroup::sweep_stale() + keel::sweep_stale_pins();
@@ -89,6 +101,15 @@ impl Bed {
         let client_ns = topology.pod(CLIENT).netns();
         // One client address opens many connections per second: use every port.
         set_sysctl(client_ns, "net.ipv4.ip_local_port_range", "1024 65535")?;
+        // The backends close each `Connection: close` connection first, so they would keep it
+        // in TIME_WAIT for 60 s. A later SYN from the same client port finds it, and whether
+        // it's accepted depends on its sequence number and timestamp, which the client derives
+        // from the address it connected to: after runs through a VIP (iptables DNAT), connections
+        // to the pod IP collide with those TIME_WAITs half the time (and vice versa), each
+        // stalling for a SYN retransmission. No TIME_WAIT on the backends keeps runs independent.
+        for &i in &BACKENDS {
+            set_sysctl(topology.pod(i).netns(), "net.ipv4.tcp_max_tw_buckets", "0")?;
+        }
         let client_cgroup = Cgroup::create()?;
         let pods: Vec<_> = BACKENDS.iter().map(|&i| topology.pod(i)).collect();
         let backends = Backends::start(&pods, topology.node_netns(), cancel)?;
@@ -122,6 +143,7 @@ pub fn run(plan: &Plan, cancel: &AtomicBool) -> Result<Outcome> {
         bail!("keel-bench needs root (network namespaces, iptables, BPF)");
     }
     check_tools(&plan.datapaths)?;
+    warn_if_busy();
     eprintln!("setting up namespaces and backends");
     let bed = Bed::build(cancel)?;
     let mut outcome = Outcome {
@@ -166,40 +188,32 @@ fn measure_scale(
         objects,
     };
 
-    let mut samples: BTreeMap<&'static str, Samples> = BTreeMap::new();
-    for rep in 0..plan.reps {
-        let mut order = plan.datapaths.clone();
-        let shift = rep as usize % order.len().max(1);
-        order.rotate_left(shift);
-        for dp in order {
+    let mut rows = Vec::new();
+    for &dp in &plan.datapaths {
+        interrupted(cancel)?;
+        let label = format!("{scale} services, {}", dp.name());
+        let mut samples = Samples::default();
+        if let Err(e) = measure(
+            bed,
+            plan,
+            &prepared,
+            dp,
+            cancel,
+            &mut samples,
+            &label,
+            failures,
+        ) {
             interrupted(cancel)?;
-            let s = samples.entry(dp.name()).or_default();
-            let label = format!(
-                "{scale} services, rep {}/{}, {}",
-                rep + 1,
-                plan.reps,
-                dp.name()
-            );
-            if let Err(e) = measure(bed, plan, &prepared, dp, cancel, s, &label, failures) {
-                interrupted(cancel)?;
-                eprintln!("  {label}: FAILED: {e:#}");
-                failures.push(format!("{label}: {e:#}"));
-            }
+            eprintln!("  {label}: FAILED: {e:#}");
+            failures.push(format!("{label}: {e:#}"));
         }
+        rows.push(samples.row(dp, scale));
     }
-    Ok(plan
-        .datapaths
-        .iter()
-        .map(|&dp| {
-            samples
-                .get(dp.name())
-                .cloned()
-                .unwrap_or_default()
-                .row(dp, scale)
-        })
-        .collect())
+    Ok(rows)
 }
 
+/// Sets up datapath `dp` (timing its programming), checks it works, measures `plan.reps`
+/// times, and removes it again.
 #[allow(clippy::too_many_arguments)]
 fn measure(
     bed: &Bed,
@@ -213,34 +227,42 @@ fn measure(
 ) -> Result<()> {
     let node_ns = bed.topology.node_netns();
     let client = bed.client(plan.durations, cancel);
-    let http_vip = SocketAddrV4::new(prepared.catalogue.http_target().vip, HTTP_PORT);
-    let iperf_vip = SocketAddrV4::new(prepared.catalogue.iperf_target().vip, IPERF_PORT);
+    let vips = Targets {
+        http: vec![SocketAddrV4::new(
+            prepared.catalogue.http_target().vip,
+            HTTP_PORT,
+        )],
+        iperf: SocketAddrV4::new(prepared.catalogue.iperf_target().vip, IPERF_PORT),
+    };
+    let run_reps = |samples: &mut Samples, failures: &mut Vec<String>, targets: &Targets| {
+        for rep in 1..=plan.reps {
+            interrupted(cancel)?;
+            let label = format!("{label}, rep {rep}/{}", plan.reps);
+            run_loads(&client, targets, samples, &label, failures)?;
+        }
+        Ok::<(), anyhow::Error>(())
+    };
     match dp {
         DatapathKind::Direct => {
-            let backend = bed.topology.pod(BACKENDS[0]).ip();
-            let targets = (
-                SocketAddrV4::new(backend, HTTP_PORT),
-                SocketAddrV4::new(backend, IPERF_PORT),
-            );
-            run_loads(&client, targets, None, samples, label, failures);
+            // wrk's threads take the backends in turn: one nginx process must not be the limit.
+            let backends = bed.backend_ips();
+            let targets = Targets {
+                http: backends
+                    .iter()
+                    .map(|&ip| SocketAddrV4::new(ip, HTTP_PORT))
+                    .collect(),
+                iperf: SocketAddrV4::new(backends[0], IPERF_PORT),
+            };
+            run_reps(samples, failures, &targets)?;
         }
         DatapathKind::Iptables => {
             let rules = prepared.ruleset.as_deref().context("no ruleset prepared")?;
-            let (table, took) = LoadedTable::load(
-                node_ns,
-                rules,
-                Limits::timeout(Duration::from_secs(600)).cancel_on(cancel),
-            )?;
+            let limits = Limits::timeout(Duration::from_secs(600)).cancel_on(cancel);
+            let (table, took) = LoadedTable::load(node_ns, rules, limits)?;
+            eprintln!("  {label}: loaded in {:.3} s", took.as_secs_f64());
             samples.program_s.push(took.as_secs_f64());
-            probe(bed, http_vip, cancel)?;
-            run_loads(
-                &client,
-                (http_vip, iperf_vip),
-                Some(took),
-                samples,
-                label,
-                failures,
-            );
+            probe(bed, vips.http[0], cancel)?;
+            run_reps(samples, failures, &vips)?;
             drop(table);
         }
         DatapathKind::Keel => {
@@ -254,37 +276,34 @@ fn measure(
                 services,
                 slices,
             )?;
+            eprintln!("  {label}: programmed in {:.3} s", took.as_secs_f64());
             samples.program_s.push(took.as_secs_f64());
-            probe(bed, http_vip, cancel)?;
-            run_loads(
-                &client,
-                (http_vip, iperf_vip),
-                Some(took),
-                samples,
-                label,
-                failures,
-            );
+            probe(bed, vips.http[0], cancel)?;
+            run_reps(samples, failures, &vips)?;
             keel.unload()?;
         }
     }
     Ok(())
 }
 
-/// Measures the three loads against `(http, iperf)` targets, recording what succeeds.
+/// Where the loads go: HTTP (wrk) and iperf3.
+struct Targets {
+    http: Vec<SocketAddrV4>,
+    iperf: SocketAddrV4,
+}
+
+/// Measures the three loads once, recording what succeeds; fails only when interrupted.
 fn run_loads(
     client: &Client<'_>,
-    (http, iperf): (SocketAddrV4, SocketAddrV4),
-    program_time: Option<Duration>,
+    targets: &Targets,
     samples: &mut Samples,
     label: &str,
     failures: &mut Vec<String>,
-) {
+) -> Result<()> {
     let mut figures = Vec::new();
-    if let Some(t) = program_time {
-        figures.push(format!("programmed in {:.3} s", t.as_secs_f64()));
-    }
-    let mut record =
-        |result: Result<f64>, into: &mut Vec<f64>, unit: &str, decimals: usize| match result {
+    let mut record = |result: Result<f64>, into: &mut Vec<f64>, unit: &str, decimals: usize| {
+        interrupted(client.cancel)?;
+        match result {
             Ok(v) => {
                 into.push(v);
                 figures.push(format!("{v:.decimals$} {unit}"));
@@ -294,28 +313,22 @@ fn run_loads(
                 failures.push(format!("{label}: {e:#}"));
                 eprintln!("  {label}: {e:#}");
             }
-        };
-    record(
-        client.connection_rate(http),
-        &mut samples.conn_per_s,
-        "conn/s",
-        0,
-    );
-    record(client.request_rate(http), &mut samples.rr_per_s, "req/s", 0);
-    record(
-        client.throughput(iperf),
-        &mut samples.gbit_per_s,
-        "Gbit/s",
-        2,
-    );
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    record(client.connection_rate(&targets.http), &mut samples.conn_per_s, "conn/s", 0)?;
+    record(client.request_rate(&targets.http), &mut samples.rr_per_s, "req/s", 0)?;
+    record(client.throughput(targets.iperf), &mut samples.gbit_per_s, "Gbit/s", 2)?;
     eprintln!("  {label}: {}", figures.join(", "));
+    Ok(())
 }
 
 /// Checks that HTTP requests to `target` from the client pod (and its cgroup) succeed before
 /// measuring, so a broken datapath fails loudly instead of producing a figure of zero.
 fn probe(bed: &Bed, target: SocketAddrV4, cancel: &AtomicBool) -> Result<()> {
-    let exe = std::env::current_exe().context("locating keel-bench")?;
-    let mut cmd = Command::new(exe);
+    // /proc/self/exe, resolved in the forked child, still runs this binary if a rebuild has
+    // replaced the file meanwhile.
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.args(["probe", "--to", &target.to_string(), "--count", "6"]);
     run_in(
         bed.topology.pod(CLIENT).netns(),

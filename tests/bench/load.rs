@@ -2,6 +2,7 @@
 //! new-connection and keep-alive request rates, iperf3 for single-stream throughput; and the
 //! parsers of their reports.
 
+use std::io::Write;
 use std::net::SocketAddrV4;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -52,7 +53,10 @@ impl Client<'_> {
         Limits::timeout(duration + SLACK).cancel_on(self.cancel)
     }
 
-    fn wrk(&self, target: SocketAddrV4, close: bool) -> Result<f64> {
+    /// Runs wrk against `targets`: one address, or several that wrk's threads take in turn
+    /// (thread i connects to `targets[i % len]`; used to spread the direct runs over backends).
+    fn wrk(&self, targets: &[SocketAddrV4], close: bool) -> Result<f64> {
+        let first = *targets.first().context("no target")?;
         let mut cmd = Command::new("wrk");
         cmd.arg(format!("-t{WRK_THREADS}"))
             .arg(format!("-c{WRK_CONNECTIONS}"))
@@ -60,24 +64,38 @@ impl Client<'_> {
         if close {
             cmd.args(["-H", "Connection: close"]);
         }
-        cmd.arg(format!("http://{target}/"));
+        let script = if targets.len() > 1 {
+            let mut file = tempfile::Builder::new()
+                .prefix("keel-bench-wrk-")
+                .suffix(".lua")
+                .tempfile()
+                .context("creating wrk's script")?;
+            file.write_all(spread_script(targets).as_bytes())
+                .context("writing wrk's script")?;
+            cmd.arg("-s").arg(file.path());
+            Some(file)
+        } else {
+            None
+        };
+        cmd.arg(format!("http://{first}/"));
         let out = run_in(
             self.netns,
             Some(self.cgroup),
             cmd,
             self.limits(self.durations.wrk),
         )?;
+        drop(script);
         let report = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
         if report.requests == 0 {
             bail!(
-                "wrk completed no request to {target} ({} errors)",
+                "wrk completed no request to {first} ({} errors)",
                 report.errors
             );
         }
         let share = report.errors as f64 / (report.requests + report.errors) as f64;
         if share > MAX_ERROR_SHARE {
             eprintln!(
-                "  warning: {} of {} requests to {target} failed",
+                "  warning: {} of {} requests to {first} failed",
                 report.errors,
                 report.requests + report.errors
             );
@@ -86,13 +104,13 @@ impl Client<'_> {
     }
 
     /// New connections per second: one request per TCP connection.
-    pub fn connection_rate(&self, target: SocketAddrV4) -> Result<f64> {
-        self.wrk(target, true).context("new-connection rate")
+    pub fn connection_rate(&self, targets: &[SocketAddrV4]) -> Result<f64> {
+        self.wrk(targets, true).context("new-connection rate")
     }
 
     /// Requests per second over keep-alive connections.
-    pub fn request_rate(&self, target: SocketAddrV4) -> Result<f64> {
-        self.wrk(target, false).context("keep-alive request rate")
+    pub fn request_rate(&self, targets: &[SocketAddrV4]) -> Result<f64> {
+        self.wrk(targets, false).context("keep-alive request rate")
     }
 
     /// Single-stream TCP throughput in Gbit/s.
@@ -112,6 +130,25 @@ impl Client<'_> {
             .context("iperf3 throughput")?;
         parse_iperf3(&String::from_utf8_lossy(&out.stdout)).context("iperf3 throughput")
     }
+}
+
+/// A wrk script giving each thread the next of `targets` (wrk's `setup(thread)` hook).
+fn spread_script(targets: &[SocketAddrV4]) -> String {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{{\"{}\", \"{}\"}}", t.ip(), t.port()))
+        .collect();
+    format!(
+        "local targets = {{{}}}
+local n = 0
+function setup(thread)
+  local t = targets[n % #targets + 1]
+  n = n + 1
+  thread.addr = wrk.lookup(t[1], t[2])[1]
+end
+",
+        list.join(", ")
+    )
 }
 
 /// Parses wrk's text report (`Requests/sec:`, request count, errors).
@@ -185,6 +222,18 @@ Transfer/sec:      2.98MB
             }
         );
         assert!(parse_wrk("unable to connect to 10.96.0.1:80 Connection refused").is_err());
+    }
+
+    #[test]
+    fn spreads_threads_over_targets() {
+        let script = spread_script(&[
+            "10.244.0.11:80".parse().unwrap(),
+            "10.244.0.12:80".parse().unwrap(),
+        ]);
+        assert!(
+            script.contains(r#"{"10.244.0.11", "80"}, {"10.244.0.12", "80"}"#),
+            "{script}"
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
+    Some(if v.len().is_multiple_of(2) {
         (v[mid - 1] + v[mid]) / 2.0
     } else {
         v[mid]
@@ -114,7 +114,7 @@ pub fn table(rows: &[Row]) -> String {
             ratio(row.rr_per_s, reference(|r| r.rr_per_s)),
             cell(row.gbit_per_s, 2),
             ratio(row.gbit_per_s, reference(|r| r.gbit_per_s)),
-            cell(row.program_s, 3),
+            cell(row.program_s, 4),
         );
     }
     out

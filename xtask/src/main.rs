@@ -63,8 +63,15 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "iperf3",
     "nginx-light",
-    // The benchmark chart.
+    // The benchmark chart; virtualenvs for the Python client tests.
     "python3-matplotlib",
+    "python3-venv",
+    // The store conformance tests run the etcd backend against a real etcd (and etcdctl helps
+    // when debugging it).
+    "etcd-server",
+    "etcd-client",
+    // etcd-client (the crate) compiles its protobuf definitions at build time.
+    "protobuf-compiler",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -210,8 +217,27 @@ fn setup() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("PATH", path))?;
     }
+    python_client()?;
     eprintln!("xtask setup: done");
     Ok(())
+}
+
+/// The official Kubernetes Python client, in a virtualenv under target/ (used by the API tests).
+fn python_client() -> Result<()> {
+    let venv = root().join("target/pyenv");
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import kubernetes"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        eprintln!("xtask setup: Python kubernetes client present");
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing the Python kubernetes client into {}", venv.display());
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "kubernetes>=37,<38"]))
 }
 
 fn build_ebpf() -> Result<()> {
