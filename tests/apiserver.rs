@@ -3,188 +3,22 @@
 //! its errors (401, 404, 409, 422 causes, 400 strict decoding, 413, 415), watches (resume,
 //! 410 after compaction, selectors), selectors and paging, Tables, discovery, subresources,
 //! namespaces, finalizers and graceful pod deletion.
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use keel_control::store::Store;
-use keel_control::store::embedded::EmbeddedStore;
-use keel_control::{Config, Running};
+use keel_tests::api_client::{Backend, Cluster, Reply, TABLE, assert_status, configmap, rv};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-
-struct Cluster {
-    running: Option<Running>,
-    store: Arc<dyn Store>,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(dir.path()).expect("embedded store opens"));
-        let mut config = Config::new(dir.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        let running = keel_control::server::start_with_store(config, store.clone())
-            .await
-            .expect("keel-control starts");
-        let ca = reqwest::Certificate::from_pem(running.ca_pem.as_bytes()).expect("CA parses");
-        let client = reqwest::Client::builder()
-            .add_root_certificate(ca)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
-        Cluster {
-            running: Some(running),
-            store,
-            client,
-            _dir: dir,
-        }
-    }
-
-    fn running(&self) -> &Running {
-        self.running.as_ref().expect("running")
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.running().url)
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<(&str, Vec<u8>)>,
-        accept: Option<&str>,
-    ) -> Reply {
-        let mut request = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(&self.running().token);
-        if let Some(accept) = accept {
-            request = request.header("Accept", accept);
-        }
-        if let Some((content_type, bytes)) = body {
-            request = request.header("Content-Type", content_type).body(bytes);
-        }
-        let response = request.send().await.expect("request is answered");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.expect("body");
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Reply {
-        self.send(Method::GET, path, None, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        self.send(
-            Method::POST,
-            path,
-            Some(("application/json", serde_json::to_vec(&body).unwrap())),
-            None,
-        )
+/// keel-control on the embedded store in a temporary directory.
+async fn start() -> Cluster {
+    Cluster::start(Backend::Embedded)
         .await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> Reply {
-        self.send(
-            Method::PUT,
-            path,
-            Some(("application/json", serde_json::to_vec(&body).unwrap())),
-            None,
-        )
-        .await
-    }
-
-    async fn patch(&self, path: &str, content_type: &str, body: Value) -> Reply {
-        self.send(
-            Method::PATCH,
-            path,
-            Some((content_type, serde_json::to_vec(&body).unwrap())),
-            None,
-        )
-        .await
-    }
-
-    async fn delete(&self, path: &str) -> Reply {
-        self.send(Method::DELETE, path, None, None).await
-    }
-
-    /// Opens a watch and returns its first `count` events (or fewer if it ends).
-    async fn watch(&self, path: &str, count: usize) -> Vec<Value> {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(&self.running().token)
-            .send()
-            .await
-            .expect("watch opens");
-        assert_eq!(response.status(), StatusCode::OK, "watch {path}");
-        let mut stream = response.bytes_stream();
-        let mut buffer = Vec::new();
-        let mut events = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while events.len() < count {
-            let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok(chunk))) => chunk,
-                _ => break,
-            };
-            buffer.extend_from_slice(&chunk);
-            while let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=pos).collect();
-                events
-                    .push(serde_json::from_slice(&line).expect("each watch line is a JSON event"));
-            }
-        }
-        events
-    }
-
-    async fn stop(mut self) {
-        if let Some(running) = self.running.take() {
-            running.stop().await.expect("server stops cleanly");
-        }
-    }
-}
-
-fn configmap(name: &str, labels: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
-}
-
-fn rv(obj: &Value) -> String {
-    obj["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("resourceVersion")
-        .to_string()
-}
-
-fn assert_status(reply: &Reply, code: u16, reason: &str) {
-    assert_eq!(reply.status.as_u16(), code, "{}", reply.body);
-    assert_eq!(reply.body["kind"], "Status", "{}", reply.body);
-    assert_eq!(reply.body["code"], code, "{}", reply.body);
-    assert_eq!(reply.body["reason"], reason, "{}", reply.body);
+        .expect("keel-control starts")
 }
 
 #[tokio::test]
 async fn requests_without_the_token_are_unauthorized_but_health_and_version_are_public() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let anonymous = cluster
         .client
         .get(cluster.url("/api/v1/namespaces"))
@@ -246,7 +80,7 @@ async fn requests_without_the_token_are_unauthorized_but_health_and_version_are_
 
 #[tokio::test]
 async fn discovery_aggregated_and_legacy_and_openapi() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let aggregated =
         "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
     let apis = cluster
@@ -313,7 +147,7 @@ async fn discovery_aggregated_and_legacy_and_openapi() {
 
 #[tokio::test]
 async fn crud_with_conflicts_and_not_found() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let base = "/api/v1/namespaces/default/configmaps";
     let created = cluster
         .post(base, configmap("settings", json!({"app": "web"})))
@@ -428,7 +262,7 @@ async fn crud_with_conflicts_and_not_found() {
 
 #[tokio::test]
 async fn bad_input_is_a_4xx_status_naming_the_problem() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let pods = "/api/v1/namespaces/default/pods";
     let invalid = cluster.post(pods, json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c", "image": ""}]}})).await;
     assert_status(&invalid, 422, "Invalid");
@@ -608,7 +442,7 @@ async fn bad_input_is_a_4xx_status_naming_the_problem() {
 
 #[tokio::test]
 async fn selectors_paging_and_tables() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let base = "/api/v1/namespaces/default/configmaps";
     for (name, labels) in [
         ("a", json!({"app": "web", "tier": "front"})),
@@ -751,7 +585,7 @@ async fn selectors_paging_and_tables() {
 
 #[tokio::test]
 async fn watches_resume_filter_and_expire() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let base = "/api/v1/namespaces/default/configmaps";
     let created = cluster
         .post(base, configmap("w", json!({"app": "web"})))
@@ -884,7 +718,7 @@ fn deployment(name: &str) -> Value {
 
 #[tokio::test]
 async fn deployments_generation_status_and_scale() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let base = "/apis/apps/v1/namespaces/default/deployments";
     let created = cluster.post(base, deployment("web")).await;
     assert_eq!(created.body["metadata"]["generation"], 1);
@@ -1021,7 +855,7 @@ async fn deployments_generation_status_and_scale() {
 
 #[tokio::test]
 async fn services_get_cluster_ips_and_node_ports() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let base = "/api/v1/namespaces/default/services";
     let svc = |name: &str, spec: Value| json!({"metadata": {"name": name}, "spec": spec});
     let a = cluster
@@ -1105,7 +939,7 @@ async fn services_get_cluster_ips_and_node_ports() {
 
 #[tokio::test]
 async fn pods_bind_and_terminate_gracefully() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let base = "/api/v1/namespaces/default/pods";
     let pod = |name: &str| json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
     let created = cluster.post(base, pod("p")).await;
@@ -1157,7 +991,7 @@ async fn pods_bind_and_terminate_gracefully() {
 
 #[tokio::test]
 async fn namespaces_protect_system_ones_and_clean_up_on_delete() {
-    let cluster = Cluster::start().await;
+    let cluster = start().await;
     let listed = cluster.get("/api/v1/namespaces").await;
     let names: Vec<&str> = listed.body["items"]
         .as_array()
@@ -1237,5 +1071,49 @@ async fn namespaces_protect_system_ones_and_clean_up_on_delete() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "the namespace is removed once empty");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn periodic_compaction_expires_old_versions_but_keeps_the_latest() {
+    let cluster = Cluster::start_with(Backend::Embedded, |config| {
+        config.compaction_interval = Duration::from_millis(200);
+    })
+    .await
+    .expect("keel-control starts");
+    let base = "/api/v1/namespaces/default/configmaps";
+    let old = rv(&cluster.post(base, configmap("old", json!({}))).await.body);
+    cluster.post(base, configmap("new", json!({}))).await;
+    // The compactor runs in the background; a watcher resuming from `old` is told to relist.
+    let expired = cluster
+        .wait_until_expired(&format!("{base}?watch=true&resourceVersion={old}"))
+        .await;
+    assert_eq!(
+        (
+            expired["object"]["code"].as_u64(),
+            expired["object"]["reason"].as_str()
+        ),
+        (Some(410), Some("Expired")),
+        "{expired}"
+    );
+    assert_status(
+        &cluster
+            .get(&format!(
+                "{base}?resourceVersion={old}&resourceVersionMatch=Exact"
+            ))
+            .await,
+        410,
+        "Expired",
+    );
+    // The relist's version stays watchable while nothing is written, however many ticks pass.
+    let latest = rv(&cluster.get(base).await.body);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = cluster
+        .watch(
+            &format!("{base}?watch=true&resourceVersion={latest}&timeoutSeconds=1"),
+            1,
+        )
+        .await;
+    assert!(events.is_empty(), "{events:?}");
     cluster.stop().await;
 }

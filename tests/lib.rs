@@ -10,11 +10,16 @@
 //!   killed when their handle drops, with bounded waits and line-by-line output.
 //! - [`servers`]: drives the `keel-testsrv` binary (a tiny TCP/UDP/HTTP server and client that
 //!   answer with a name, so tests can tell which backend served them).
+//! - [`etcd`]: a private etcd on free loopback ports, for the etcd store's tests and benchmarks.
+//! - [`api_client`]: keel-control started in-process (embedded store or etcd) and an HTTPS
+//!   client for its API (the API tests and `keel-bench-api`).
 //!
 //! Every fixture removes what it created when dropped, panics included. Names carry the process
 //! id, so tests run in parallel and leftovers of a killed run can be swept (`sweep_stale`).
 
+pub mod api_client;
 pub mod cgroup;
+pub mod etcd;
 pub mod netns;
 pub mod privilege;
 pub mod process;

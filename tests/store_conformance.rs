@@ -9,16 +9,15 @@
 //! Time limits here only stop a broken test from hanging; no check depends on timing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use keel_control::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use keel_control::store::etcd::EtcdStore;
 use keel_control::store::{KeyValue, ListOptions, Store, StoreError, WatchEvent, WatchStream};
-use keel_tests::process::{self, ProcessGuard};
+use keel_tests::etcd::EtcdServer;
+use keel_tests::process;
 
 /// Upper bound for any single wait (a watch event, etcd starting).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -46,8 +45,8 @@ impl Fixture {
 
     async fn etcd() -> Fixture {
         let dir = temp_dir();
-        let mut etcd = EtcdServer::start(dir.path());
-        let store = etcd.connect("/keel").await;
+        let mut etcd = EtcdServer::start(dir.path()).expect("starting etcd");
+        let store = etcd.connect("/keel").await.expect("connecting to etcd");
         Fixture {
             store: Arc::new(store),
             _etcd: Some(etcd),
@@ -61,84 +60,6 @@ fn temp_dir() -> tempfile::TempDir {
         .prefix("keel-store-test-")
         .tempdir()
         .expect("creating a temporary directory")
-}
-
-const ETCD: &str = "/usr/bin/etcd";
-
-/// A private etcd: its own data directory and free loopback ports; SIGKILLed when dropped.
-struct EtcdServer {
-    process: ProcessGuard,
-    endpoint: String,
-    log: PathBuf,
-}
-
-impl EtcdServer {
-    /// Starts etcd under `dir` (its data and log go there). Call it from the test's own thread:
-    /// the child dies with the thread that started it.
-    fn start(dir: &Path) -> EtcdServer {
-        assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} not found: the etcd conformance tests need the Debian package `etcd-server` \
-             (`apt-get install etcd-server`; `cargo xtask setup` installs it)"
-        );
-        let [client_port, peer_port] = free_ports();
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = dir.join("etcd.log");
-        let log_file = std::fs::File::create(&log).expect("creating the etcd log");
-        let mut cmd = Command::new(ETCD);
-        cmd.arg("--name=keel-test")
-            .arg(format!("--data-dir={}", dir.join("etcd").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=keel-test={peer}"))
-            .arg("--initial-cluster-state=new")
-            .arg("--logger=zap")
-            .arg("--log-outputs=stderr")
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let process = process::spawn(cmd).expect("starting etcd");
-        EtcdServer {
-            process,
-            endpoint: client,
-            log,
-        }
-    }
-
-    /// Connects a store with `prefix`, waiting until etcd answers.
-    async fn connect(&mut self, prefix: &str) -> EtcdStore {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let error = match EtcdStore::connect(std::slice::from_ref(&self.endpoint), prefix).await
-            {
-                Ok(store) => return store,
-                Err(e) => e,
-            };
-            let exited = self.process.try_wait().expect("checking on etcd");
-            if exited.is_some() || Instant::now() >= deadline {
-                panic!(
-                    "etcd at {} did not answer ({error}; exit status {exited:?}); its log:\n{}",
-                    self.endpoint,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Two distinct free loopback ports (bound together, so they differ, then released).
-fn free_ports() -> [u16; 2] {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    [
-        a.local_addr().expect("local address").port(),
-        b.local_addr().expect("local address").port(),
-    ]
 }
 
 macro_rules! conformance {
@@ -1014,9 +935,9 @@ fn embedded_acknowledged_writes_survive_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_stores_with_different_prefixes_are_isolated() {
     let dir = temp_dir();
-    let mut etcd = EtcdServer::start(dir.path());
-    let one: Arc<dyn Store> = Arc::new(etcd.connect("/one").await);
-    let two: Arc<dyn Store> = Arc::new(etcd.connect("/two").await);
+    let mut etcd = EtcdServer::start(dir.path()).expect("starting etcd");
+    let one: Arc<dyn Store> = Arc::new(etcd.connect("/one").await.expect("connecting"));
+    let two: Arc<dyn Store> = Arc::new(etcd.connect("/two").await.expect("connecting"));
     let mut watch_two = two.watch("", 0).await.expect("watch");
     one.create("/k", b"1".to_vec())
         .await

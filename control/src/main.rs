@@ -1,6 +1,7 @@
 //! `keel-control`: the control-plane binary (thin: parse flags, run the library).
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
@@ -41,6 +42,10 @@ struct Args {
     /// Serve plain HTTP instead of HTTPS (debugging only; the admin token is still required).
     #[arg(long)]
     insecure_http: bool,
+    /// How often to compact the store's history to the revision seen one interval earlier
+    /// (e.g. 5m, 90s, 200ms; 0 disables compaction).
+    #[arg(long, default_value = "5m", value_parser = keel_control::compactor::parse_interval)]
+    compaction_interval: Duration,
 }
 
 #[tokio::main]
@@ -71,6 +76,7 @@ async fn main() -> Result<()> {
         cluster_cidr: args.cluster_cidr,
         store,
         insecure_http: args.insecure_http,
+        compaction_interval: args.compaction_interval,
     };
     keel_control::run(config, shutdown_signal()).await
 }

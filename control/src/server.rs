@@ -1,6 +1,6 @@
-//! Running the control plane: configuration, the store backend, credentials, and the HTTPS
-//! server (rustls) with authentication, metrics, logs and health endpoints in front of the
-//! API handlers.
+//! Running the control plane: configuration, the store backend, credentials, the store's
+//! periodic compaction, and the HTTPS server (rustls) with authentication, metrics, logs and
+//! health endpoints in front of the API handlers.
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -30,10 +30,10 @@ use crate::apiserver::handlers::{self, Handler, RequestInfo};
 use crate::apiserver::storage::Api;
 use crate::apiserver::{discovery, namespaces, openapi};
 use crate::metrics::Metrics;
-use crate::pki;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::{compactor, pki};
 
 /// Which store backend to use.
 #[derive(Clone, Debug)]
@@ -57,10 +57,13 @@ pub struct Config {
     pub store: StoreBackend,
     /// Serve plain HTTP (debugging only; the token is still required).
     pub insecure_http: bool,
+    /// How often the store's history is compacted (see [`compactor`]); zero disables it.
+    pub compaction_interval: Duration,
 }
 
 impl Config {
-    /// Defaults for a data dir: 127.0.0.1:6443, embedded store, Kubernetes' default CIDRs.
+    /// Defaults for a data dir: 127.0.0.1:6443, embedded store, Kubernetes' default CIDRs,
+    /// compaction every 5 minutes.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6443)),
@@ -69,6 +72,7 @@ impl Config {
             cluster_cidr: "10.244.0.0/16".parse().expect("valid CIDR"),
             store: StoreBackend::Embedded,
             insecure_http: false,
+            compaction_interval: compactor::DEFAULT_INTERVAL,
         }
     }
 }
@@ -87,11 +91,15 @@ pub struct Running {
     pub token: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish briefly, and waits for the server.
     pub async fn stop(mut self) -> Result<()> {
+        if let Some(compactor) = self.compactor.take() {
+            compactor.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -189,7 +197,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
         },
         token: credentials.admin_token.clone(),
         metrics: Metrics::default(),
-        store,
+        store: store.clone(),
     });
     let app = Router::new()
         .fallback(dispatch)
@@ -206,6 +214,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
     };
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(serve(listener, app, tls, shutdown_rx));
+    let compactor = compactor::spawn(store, config.compaction_interval);
     tracing::info!(%url, data_dir = %config.data_dir.display(), "API server started");
     Ok(Running {
         addr,
@@ -215,6 +224,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
         token: credentials.admin_token.clone(),
         shutdown: Some(shutdown_tx),
         task,
+        compactor,
     })
 }
 

@@ -56,7 +56,7 @@ impl Backends {
     /// `probe_ns` is a namespace that routes to the pods (the node's).
     pub fn start(pods: &[&Pod], probe_ns: &str, cancel: &AtomicBool) -> Result<Backends> {
         let dir = tempfile::Builder::new()
-            .prefix("keel-bench-")
+            .prefix(&temp_prefix("backends"))
             .tempdir()
             .context("creating a temporary directory for the backends")?;
         let mut servers = Vec::new();
@@ -112,6 +112,36 @@ impl Backends {
             _dir: dir,
         })
     }
+}
+
+/// Prefix of this run's temporary files: `keel-bench-<pid>-<what>-`.
+pub fn temp_prefix(what: &str) -> String {
+    format!("keel-bench-{}-{what}-", std::process::id())
+}
+
+/// Removes temporary files and directories of killed bench runs. Returns how many.
+pub fn sweep_stale_temp_files() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .take(100_000)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("keel-bench-")
+                .and_then(|rest| rest.split('-').next()?.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .filter(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).is_ok()
+            } else {
+                std::fs::remove_file(&path).is_ok()
+            }
+        })
+        .count()
 }
 
 /// Waits until `addr` accepts TCP connections from `probe_ns`, failing early if the server exits.

@@ -15,7 +15,7 @@ use keel_tests::cgroup::{self, Cgroup};
 use keel_tests::netns::{self, POD_CIDR, POD_GATEWAY, Topology, set_sysctl};
 use keel_tests::process::{Limits, run_in};
 
-use crate::backends::Backends;
+use crate::backends::{self, Backends};
 use crate::catalogue::{Catalogue, HTTP_PORT, IPERF_PORT};
 use crate::iptables::{self, LoadedTable};
 use crate::keel::{self, LoadedKeel};
@@ -93,7 +93,10 @@ fn warn_if_busy() {
 
 impl Bed {
     fn build(cancel: &AtomicBool) -> Result<Bed> {
-        let swept = netns::sweep_stale() + cgroup::sweep_stale() + keel::sweep_stale_pins();
+        let swept = netns::sweep_stale()
+            + cgroup::sweep_stale()
+            + keel::sweep_stale_pins()
+            + backends::sweep_stale_temp_files();
         if swept > 0 {
             eprintln!("removed {swept} leftovers of killed runs");
         }
@@ -316,9 +319,24 @@ fn run_loads(
         }
         Ok::<(), anyhow::Error>(())
     };
-    record(client.connection_rate(&targets.http), &mut samples.conn_per_s, "conn/s", 0)?;
-    record(client.request_rate(&targets.http), &mut samples.rr_per_s, "req/s", 0)?;
-    record(client.throughput(targets.iperf), &mut samples.gbit_per_s, "Gbit/s", 2)?;
+    record(
+        client.connection_rate(&targets.http),
+        &mut samples.conn_per_s,
+        "conn/s",
+        0,
+    )?;
+    record(
+        client.request_rate(&targets.http),
+        &mut samples.rr_per_s,
+        "req/s",
+        0,
+    )?;
+    record(
+        client.throughput(targets.iperf),
+        &mut samples.gbit_per_s,
+        "Gbit/s",
+        2,
+    )?;
     eprintln!("  {label}: {}", figures.join(", "));
     Ok(())
 }

@@ -23,9 +23,14 @@ pub struct Durations {
     pub iperf_omit: Duration,
 }
 
-/// wrk's concurrency: two threads for two cores, enough connections to keep both busy.
-const WRK_THREADS: u32 = 2;
-const WRK_CONNECTIONS: u32 = 32;
+/// wrk's concurrency: one thread per backend, so the direct runs (thread i → backend i) keep
+/// all three backends busy exactly like a Service spreading over them; with fewer threads than
+/// backends, "direct" would run fewer server processes on the two cores than the datapaths
+/// under test and measure scheduling, not the datapath. Enough connections to keep them busy.
+const WRK_THREADS: u32 = 3;
+const WRK_CONNECTIONS: u32 = 36;
+/// Concurrent connections of Keel's load generator.
+const LOAD_CONNECTIONS: u32 = 36;
 /// Slack on top of a tool's own duration before it is considered hung.
 const SLACK: Duration = Duration::from_secs(20);
 /// Above this share of failed requests a wrk figure is flagged.
@@ -66,7 +71,7 @@ impl Client<'_> {
         }
         let script = if targets.len() > 1 {
             let mut file = tempfile::Builder::new()
-                .prefix("keel-bench-wrk-")
+                .prefix(&crate::backends::temp_prefix("wrk"))
                 .suffix(".lua")
                 .tempfile()
                 .context("creating wrk's script")?;
@@ -105,12 +110,43 @@ impl Client<'_> {
 
     /// New connections per second: one request per TCP connection.
     pub fn connection_rate(&self, targets: &[SocketAddrV4]) -> Result<f64> {
-        self.wrk(targets, true).context("new-connection rate")
+        self.generate(targets, true).context("new-connection rate")
     }
 
     /// Requests per second over keep-alive connections.
     pub fn request_rate(&self, targets: &[SocketAddrV4]) -> Result<f64> {
-        self.wrk(targets, false).context("keep-alive request rate")
+        self.generate(targets, false).context("keep-alive request rate")
+    }
+
+    /// Runs Keel's load generator (`keel-bench load`, see `loadgen`) in the client pod: each
+    /// new connection goes to a random one of `targets`.
+    fn generate(&self, targets: &[SocketAddrV4], close: bool) -> Result<f64> {
+        let exe = std::env::current_exe().context("locating keel-bench")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("load").args(["--connections", &LOAD_CONNECTIONS.to_string()]);
+        cmd.args(["--duration-s", &self.durations.wrk.as_secs().max(1).to_string()]);
+        for t in targets {
+            cmd.args(["--target", &t.to_string()]);
+        }
+        if close {
+            cmd.arg("--close");
+        }
+        let out = run_in(self.netns, Some(self.cgroup), cmd, self.limits(self.durations.wrk))?;
+        let (rate, requests, errors) = crate::loadgen::parse(&String::from_utf8_lossy(&out.stdout))?;
+        if requests == 0 {
+            bail!("no request completed ({errors} errors)");
+        }
+        let share = errors as f64 / (requests + errors) as f64;
+        if share > MAX_ERROR_SHARE {
+            eprintln!("  warning: {errors} of {} requests failed", requests + errors);
+        }
+        Ok(rate)
+    }
+
+    /// The same figures from wrk (kept for comparison runs: `--load wrk`).
+    #[allow(dead_code)]
+    pub fn connection_rate_wrk(&self, targets: &[SocketAddrV4]) -> Result<f64> {
+        self.wrk(targets, true).context("new-connection rate (wrk)")
     }
 
     /// Single-stream TCP throughput in Gbit/s.

@@ -15,6 +15,7 @@ mod harness;
 mod iptables;
 mod keel;
 mod load;
+mod loadgen;
 mod probe;
 mod report;
 
@@ -69,6 +70,20 @@ enum Internal {
         to: SocketAddrV4,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
         count: u32,
+    },
+    /// Internal: the HTTP load generator (run inside the client pod).
+    #[command(hide = true)]
+    Load {
+        /// Each new connection picks one of these at random.
+        #[arg(long = "target", required = true)]
+        targets: Vec<SocketAddrV4>,
+        #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        connections: u32,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+        duration_s: u64,
+        /// One request per connection (new-connection rate) instead of keep-alive.
+        #[arg(long)]
+        close: bool,
     },
 }
 
@@ -159,6 +174,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Internal::Probe { to, count }) => probe::run(to, count).map(|()| true),
+        Some(Internal::Load { targets, connections, duration_s, close }) => loadgen::run(loadgen::LoadArgs {
+            targets,
+            connections,
+            duration: Duration::from_secs(duration_s),
+            close,
+        })
+        .map(|()| true),
         None => bench(&cli),
     };
     match result {

@@ -3,7 +3,8 @@
 //! - `setup`: install what a fresh Debian 12 machine lacks (packages, bpf-linker); idempotent.
 //! - `build-ebpf`: build the BPF object the node agent embeds.
 //! - `test`: build the BPF object, then run the whole test suite.
-//! - `bench`: run the datapath benchmark (direct vs iptables vs Keel).
+//! - `bench`: run the datapath benchmark (direct vs iptables vs Keel); `bench api`: the API
+//!   server benchmark (embedded store vs etcd).
 //! - `demo`: the single-node datapath demo.
 use std::{
     env,
@@ -33,9 +34,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark the datapath against direct pod IPs and a kube-proxy iptables ruleset (root).
+    /// Benchmark the datapath against direct pod IPs and a kube-proxy iptables ruleset (root);
+    /// `bench api [--quick] [--json PATH]`: the API server on the embedded store vs etcd.
     Bench {
-        /// Arguments for keel-bench (`--quick`, `--json PATH`, `--chart PATH`, `--services 1,1000`).
+        /// Arguments for keel-bench (`--quick`, `--json PATH`, `--chart PATH`, `--services 1,1000`),
+        /// or `api` then arguments for keel-bench-api (`--quick`, `--json PATH`, `--stores etcd`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -59,6 +62,7 @@ const PACKAGES: &[&str] = &[
     // Networking tools used by tests and the benchmark.
     "iproute2",
     "iptables",
+    "nftables",
     "bpftool",
     "wrk",
     "iperf3",
@@ -296,6 +300,22 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) == Some("api") {
+        // The API benchmark runs keel-control and etcd as an ordinary user: no BPF, no root.
+        return run(Command::new(cargo())
+            .current_dir(root())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "keel-tests",
+                "--bin",
+                "keel-bench-api",
+                "--",
+            ])
+            .args(&args[1..]));
+    }
     build_ebpf()?;
     if !is_root() {
         bail!("the benchmark builds network namespaces and loads BPF programs: run it as root");
