@@ -81,6 +81,20 @@ impl Plan {
     }
 }
 
+/// When the run started, for the progress lines' timestamps.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// A progress line on stderr, stamped with the seconds since the run started.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!(
+            "[{:6.1}s] {}",
+            STARTED.get_or_init(Instant::now).elapsed().as_secs_f64(),
+            format_args!($($arg)*)
+        )
+    };
+}
+
 /// One store's figures (`None`: that phase failed; the error was printed).
 #[derive(Clone, Debug, Serialize)]
 struct Row {
@@ -122,7 +136,7 @@ async fn bench(cli: &Cli) -> Result<bool> {
         bail!("no store to measure");
     }
     let plan = Plan::new(cli.quick);
-    eprintln!(
+    progress!(
         "keel-bench-api: {} ({plan:?}); load average before: {}",
         if cli.quick { "quick" } else { "full" },
         load_average()
@@ -148,7 +162,7 @@ async fn bench(cli: &Cli) -> Result<bool> {
 /// All phases on one store, on a fresh keel-control.
 async fn measure(backend: Backend, plan: Plan) -> Result<Row> {
     let store = backend.name();
-    eprintln!("{store}: starting keel-control");
+    progress!("{store}: starting keel-control");
     let cluster = Cluster::start(backend)
         .await
         .with_context(|| format!("starting keel-control on {store}"))?;
@@ -175,7 +189,7 @@ async fn measure(backend: Backend, plan: Plan) -> Result<Row> {
     };
 
     // Creates: 16 clients for the phase's duration (or until the list's 10 000 pods exist).
-    eprintln!(
+    progress!(
         "{store}: creating pods with {CREATORS} clients for {:?}",
         plan.create_phase
     );
@@ -184,28 +198,28 @@ async fn measure(backend: Backend, plan: Plan) -> Result<Row> {
     match create_pods(&api, &next, CREATORS, Some(deadline)).await {
         Ok((created, elapsed)) => {
             row.creates_per_s = Some(created as f64 / elapsed.as_secs_f64());
-            eprintln!("{store}: {created} creates in {elapsed:.2?}");
+            progress!("{store}: {created} creates in {elapsed:.2?}");
         }
-        Err(e) => eprintln!("{store}: create phase failed: {e:#}"),
+        Err(e) => progress!("{store}: create phase failed: {e:#}"),
     }
 
     // List: top the namespace up to 10 000 pods, then time full lists.
     let missing = LIST_PODS.saturating_sub(next.load(Ordering::Relaxed).min(LIST_PODS));
-    eprintln!("{store}: creating the remaining {missing} of {LIST_PODS} pods");
+    progress!("{store}: creating the remaining {missing} of {LIST_PODS} pods");
     let filled = create_pods(&api, &next, CREATORS, None).await;
     match filled {
         Ok(_) => match time_lists(&api, plan.lists).await {
             Ok(ms) => {
                 row.list_10k_ms = Some(ms);
-                eprintln!("{store}: list of {LIST_PODS} pods: median {ms:.1} ms");
+                progress!("{store}: list of {LIST_PODS} pods: median {ms:.1} ms");
             }
-            Err(e) => eprintln!("{store}: list phase failed: {e:#}"),
+            Err(e) => progress!("{store}: list phase failed: {e:#}"),
         },
-        Err(e) => eprintln!("{store}: filling the namespace failed: {e:#}"),
+        Err(e) => progress!("{store}: filling the namespace failed: {e:#}"),
     }
 
     // Watches: 100 watchers, creates one at a time.
-    eprintln!(
+    progress!(
         "{store}: {WATCHERS} watchers, {} creates one at a time",
         plan.watched_creates
     );
@@ -213,14 +227,14 @@ async fn measure(backend: Backend, plan: Plan) -> Result<Row> {
         Ok(mut delays) => {
             row.watch_p50_ms = percentile(&mut delays, 0.50);
             row.watch_p99_ms = percentile(&mut delays, 0.99);
-            eprintln!(
+            progress!(
                 "{store}: {} deliveries, p50 {:.2} ms, p99 {:.2} ms",
                 delays.len(),
                 row.watch_p50_ms.unwrap_or(f64::NAN),
                 row.watch_p99_ms.unwrap_or(f64::NAN)
             );
         }
-        Err(e) => eprintln!("{store}: watch phase failed: {e:#}"),
+        Err(e) => progress!("{store}: watch phase failed: {e:#}"),
     }
 
     cluster.stop().await;

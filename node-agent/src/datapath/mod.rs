@@ -23,7 +23,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun,
         TestRunOptions, links::FdLink,
@@ -470,48 +470,129 @@ impl Datapath {
         let mut purge: HashSet<(u32, u32)> = HashSet::new();
         let m = &mut self.maps;
         let werr = |map: &'static str| move |source| DatapathError::Write { map, source };
-        for op in ops {
-            match op {
-                MapOp::PutBackend(id, b) => m
-                    .backends
-                    .insert(id, b, 0)
-                    .map_err(werr(map_names::BACKENDS))?,
-                MapOp::DeleteBackend(id) => {
-                    ignore_missing(m.backends.remove(id)).map_err(werr(map_names::BACKENDS))?
+        let berr = |map: &'static str| {
+            move |e: std::io::Error| DatapathError::Write {
+                map,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_batch",
+                    io_error: e,
+                }),
+            }
+        };
+        // Runs of the same kind of write go to the kernel as one batch, in order, so the
+        // consistency ordering of the plan is kept.
+        let mut i = 0;
+        while i < ops.len() {
+            let run = ops[i..]
+                .iter()
+                .take_while(|op| std::mem::discriminant(*op) == std::mem::discriminant(&ops[i]))
+                .count();
+            let batch = &ops[i..i + run];
+            i += run;
+            match &batch[0] {
+                MapOp::PutBackend(..) => {
+                    let (k, v): (Vec<u32>, Vec<Backend>) = batch
+                        .iter()
+                        .filter_map(|op| {
+                            if let MapOp::PutBackend(k, v) = op {
+                                Some((*k, *v))
+                            } else {
+                                None
+                            }
+                        })
+                        .unzip();
+                    sys::update_batch(m.backends.map().fd().as_fd(), &k, &v)
+                        .map_err(berr(map_names::BACKENDS))?;
                 }
-                MapOp::PutService(k, v) => m
-                    .services
-                    .insert(k, v, 0)
-                    .map_err(werr(map_names::SERVICES))?,
-                MapOp::DeleteService(k) => {
-                    ignore_missing(m.services.remove(k)).map_err(werr(map_names::SERVICES))?
+                MapOp::DeleteBackend(_) => {
+                    let k: Vec<u32> = batch
+                        .iter()
+                        .filter_map(|op| {
+                            if let MapOp::DeleteBackend(k) = op {
+                                Some(*k)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
+                    sys::delete_batch(m.backends.map().fd().as_fd(), &k)
+                        .map_err(berr(map_names::BACKENDS))?;
                 }
-                MapOp::PutRevNat(id, v) => m
-                    .rev_nat
-                    .insert(id, v, 0)
-                    .map_err(werr(map_names::REV_NAT))?,
-                MapOp::DeleteRevNat(id) => {
-                    ignore_missing(m.rev_nat.remove(id)).map_err(werr(map_names::REV_NAT))?
+                MapOp::PutService(..) => {
+                    let (k, v): (Vec<ServiceKey>, Vec<ServiceValue>) = batch
+                        .iter()
+                        .filter_map(|op| {
+                            if let MapOp::PutService(k, v) = op {
+                                Some((*k, *v))
+                            } else {
+                                None
+                            }
+                        })
+                        .unzip();
+                    sys::update_batch(m.services.map().fd().as_fd(), &k, &v)
+                        .map_err(berr(map_names::SERVICES))?;
                 }
-                MapOp::DeleteCounters(id) => ignore_missing(m.counters.remove(id))
-                    .map_err(werr(map_names::SERVICE_COUNTERS))?,
-                MapOp::Retire(addr, rev_nat) => {
-                    let v = Retired {
-                        rev_nat: *rev_nat,
-                        _pad: 0,
-                        retired_ns: sys::monotonic_ns(),
-                    };
-                    m.retired
-                        .insert(addr, v, 0)
-                        .map_err(werr(map_names::RETIRED_BACKENDS))?
+                MapOp::DeleteService(_) => {
+                    let k: Vec<ServiceKey> = batch
+                        .iter()
+                        .filter_map(|op| {
+                            if let MapOp::DeleteService(k) = op {
+                                Some(*k)
+                            } else {
+                                None
+                            }
+                        })
+                        .collect();
+                    sys::delete_batch(m.services.map().fd().as_fd(), &k)
+                        .map_err(berr(map_names::SERVICES))?;
                 }
-                MapOp::Unretire(addr) => ignore_missing(m.retired.remove(addr))
-                    .map_err(werr(map_names::RETIRED_BACKENDS))?,
-                MapOp::PurgeAffinity {
-                    rev_nat,
-                    backend_id,
-                } => {
-                    purge.insert((*rev_nat, *backend_id));
+                MapOp::PutRevNat(..) => {
+                    let (k, v): (Vec<u32>, Vec<RevNat>) = batch
+                        .iter()
+                        .filter_map(|op| {
+                            if let MapOp::PutRevNat(k, v) = op {
+                                Some((*k, *v))
+                            } else {
+                                None
+                            }
+                        })
+                        .unzip();
+                    sys::update_batch(m.rev_nat.map().fd().as_fd(), &k, &v)
+                        .map_err(berr(map_names::REV_NAT))?;
+                }
+                _ => {
+                    for op in batch {
+                        match op {
+                            MapOp::DeleteRevNat(id) => ignore_missing(m.rev_nat.remove(id))
+                                .map_err(werr(map_names::REV_NAT))?,
+                            MapOp::DeleteCounters(id) => ignore_missing(m.counters.remove(id))
+                                .map_err(werr(map_names::SERVICE_COUNTERS))?,
+                            MapOp::Retire(addr, rev_nat) => {
+                                let v = Retired {
+                                    rev_nat: *rev_nat,
+                                    _pad: 0,
+                                    retired_ns: sys::monotonic_ns(),
+                                };
+                                m.retired
+                                    .insert(addr, v, 0)
+                                    .map_err(werr(map_names::RETIRED_BACKENDS))?
+                            }
+                            MapOp::Unretire(addr) => ignore_missing(m.retired.remove(addr))
+                                .map_err(werr(map_names::RETIRED_BACKENDS))?,
+                            MapOp::PurgeAffinity {
+                                rev_nat,
+                                backend_id,
+                            } => {
+                                purge.insert((*rev_nat, *backend_id));
+                            }
+                            // Handled as batches above.
+                            MapOp::PutBackend(..)
+                            | MapOp::DeleteBackend(_)
+                            | MapOp::PutService(..)
+                            | MapOp::DeleteService(_)
+                            | MapOp::PutRevNat(..) => {}
+                        }
+                    }
                 }
             }
         }

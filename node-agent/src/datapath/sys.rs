@@ -113,3 +113,66 @@ pub fn ensure_bpffs(pin_dir: &Path) -> io::Result<()> {
         Ok(())
     }
 }
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `keys[i] → values[i]` in one `BPF_MAP_UPDATE_BATCH` call (in order), so programming
+/// thousands of services costs a handful of syscalls instead of one per entry.
+///
+/// `K` and `V` must be the map's exact key and value types (`#[repr(C)]`, no padding).
+pub fn update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut done = 0usize;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(_) => return Ok(()),
+            // The kernel reports how many elements it processed before the error.
+            Err(e) if attr.count > 0 && e.raw_os_error() == Some(libc::EINTR) => {
+                done += attr.count as usize
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; keys that are already gone are skipped.
+pub fn delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < keys.len() {
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            count: (keys.len() - done) as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(_) => return Ok(()),
+            // Stopped at a missing key: skip it and go on with the rest.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => done += attr.count as usize + 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
