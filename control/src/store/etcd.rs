@@ -202,8 +202,16 @@ impl EtcdStore {
         self.key_value(&kv.key, &kv.value, kv.create_revision, kv.mod_revision)
     }
 
+    /// A KV client without gRPC's 4 MiB response limit: an unpaged list of 10 000 pods is
+    /// about 11 MB (kube-apiserver raises the limit too).
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(usize::MAX)
+    }
+
     async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         request(what, kv.txn(txn))
             .await
             .map_err(|f| f.into_error(what))
@@ -298,7 +306,7 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<i64> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let key = range_start(self.full_key(""));
         let resp = request(
             "reading the revision",
@@ -311,7 +319,7 @@ impl Store for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let what = format!("get {key}");
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = request(&what, kv.get(self.full_key(key), None))
             .await
             .map_err(|f| f.into_error(&what))?;
@@ -356,7 +364,7 @@ impl Store for EtcdStore {
             let limit = i64::try_from(opts.limit).unwrap_or(i64::MAX);
             options = options.with_limit(limit);
         }
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = match request(&what, kv.get(range_start(start), Some(options))).await {
             Ok(resp) => resp,
             Err(Failure::Compacted) => {
@@ -490,7 +498,10 @@ impl Store for EtcdStore {
             .with_prev_key()
             .with_progress_notify();
         let what = format!("watch {prefix}");
-        let mut client = self.client.watch_client();
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(usize::MAX);
         let stream = request(&what, client.watch(range_start(full_prefix), Some(options)))
             .await
             .map_err(|f| f.into_error(&what))?;
@@ -516,7 +527,7 @@ impl Store for EtcdStore {
             return Ok(());
         }
         let what = format!("compact at revision {revision}");
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         match request(
             &what,
             kv.compact(revision, Some(CompactionOptions::new().with_physical())),
