@@ -24,17 +24,29 @@ fn the_official_python_client_works() {
     let (tx, rx) = mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
-            let running = keel_control::start(config).await.expect("keel-control starts");
+            let running = keel_control::start(config)
+                .await
+                .expect("keel-control starts");
             tx.send(running.kubeconfig.clone()).unwrap();
             let _ = stop_rx.await;
             let _ = running.stop().await;
         });
     });
-    let kubeconfig = rx.recv_timeout(Duration::from_secs(30)).expect("server ready");
+    let kubeconfig = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server ready");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client_test.py");
-    let out = Command::new(py).arg(script).arg(&kubeconfig).output().expect("python runs");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(&kubeconfig)
+        .output()
+        .expect("python runs");
     let _ = stop_tx.send(());
     let _ = server.join();
     assert!(

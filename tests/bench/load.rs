@@ -115,7 +115,8 @@ impl Client<'_> {
 
     /// Requests per second over keep-alive connections.
     pub fn request_rate(&self, targets: &[SocketAddrV4]) -> Result<f64> {
-        self.generate(targets, false).context("keep-alive request rate")
+        self.generate(targets, false)
+            .context("keep-alive request rate")
     }
 
     /// Runs Keel's load generator (`keel-bench load`, see `loadgen`) in the client pod: each
@@ -123,22 +124,35 @@ impl Client<'_> {
     fn generate(&self, targets: &[SocketAddrV4], close: bool) -> Result<f64> {
         let exe = std::env::current_exe().context("locating keel-bench")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("load").args(["--connections", &LOAD_CONNECTIONS.to_string()]);
-        cmd.args(["--duration-s", &self.durations.wrk.as_secs().max(1).to_string()]);
+        cmd.arg("load")
+            .args(["--connections", &LOAD_CONNECTIONS.to_string()]);
+        cmd.args([
+            "--duration-s",
+            &self.durations.wrk.as_secs().max(1).to_string(),
+        ]);
         for t in targets {
             cmd.args(["--target", &t.to_string()]);
         }
         if close {
             cmd.arg("--close");
         }
-        let out = run_in(self.netns, Some(self.cgroup), cmd, self.limits(self.durations.wrk))?;
-        let (rate, requests, errors) = crate::loadgen::parse(&String::from_utf8_lossy(&out.stdout))?;
+        let out = run_in(
+            self.netns,
+            Some(self.cgroup),
+            cmd,
+            self.limits(self.durations.wrk),
+        )?;
+        let (rate, requests, errors) =
+            crate::loadgen::parse(&String::from_utf8_lossy(&out.stdout))?;
         if requests == 0 {
             bail!("no request completed ({errors} errors)");
         }
         let share = errors as f64 / (requests + errors) as f64;
         if share > MAX_ERROR_SHARE {
-            eprintln!("  warning: {errors} of {} requests failed", requests + errors);
+            eprintln!(
+                "  warning: {errors} of {} requests failed",
+                requests + errors
+            );
         }
         Ok(rate)
     }

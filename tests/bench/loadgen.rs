@@ -60,7 +60,10 @@ pub fn run(args: LoadArgs) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let ok = counts.ok.load(Ordering::Relaxed);
     let errors = counts.errors.load(Ordering::Relaxed);
-    println!("requests_per_s={} requests={ok} errors={errors}", ok as f64 / elapsed);
+    println!(
+        "requests_per_s={} requests={ok} errors={errors}",
+        ok as f64 / elapsed
+    );
     Ok(())
 }
 
@@ -72,7 +75,13 @@ fn next(state: &mut u64) -> u64 {
     *state
 }
 
-async fn worker(seed: u64, targets: Vec<SocketAddrV4>, close: bool, deadline: Instant, counts: &Counts) {
+async fn worker(
+    seed: u64,
+    targets: Vec<SocketAddrV4>,
+    close: bool,
+    deadline: Instant,
+    counts: &Counts,
+) {
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let request: &[u8] = if close {
         b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
@@ -98,7 +107,8 @@ async fn worker(seed: u64, targets: Vec<SocketAddrV4>, close: bool, deadline: In
                 }
             }
         };
-        let ok = tokio::time::timeout(Duration::from_secs(2), exchange(stream, request, &mut buf)).await;
+        let ok =
+            tokio::time::timeout(Duration::from_secs(2), exchange(stream, request, &mut buf)).await;
         match ok {
             Ok(Ok(())) => {
                 counts.ok.fetch_add(1, Ordering::Relaxed);
@@ -133,7 +143,8 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], buf: &mut [u8]) -> std
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
                 })
                 .unwrap_or(0);
             let total = end + 4 + len;
@@ -161,7 +172,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Parses the `requests_per_s=… requests=… errors=…` line.
 pub fn parse(stdout: &str) -> Result<(f64, u64, u64)> {
-    let line = stdout.lines().find(|l| l.starts_with("requests_per_s=")).context("no result line")?;
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("requests_per_s="))
+        .context("no result line")?;
     let mut rate = None;
     let mut requests = None;
     let mut errors = None;
@@ -173,7 +187,11 @@ pub fn parse(stdout: &str) -> Result<(f64, u64, u64)> {
             _ => {}
         }
     }
-    Ok((rate.context("rate")?, requests.context("requests")?, errors.context("errors")?))
+    Ok((
+        rate.context("rate")?,
+        requests.context("requests")?,
+        errors.context("errors")?,
+    ))
 }
 
 #[cfg(test)]

@@ -174,7 +174,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Internal::Probe { to, count }) => probe::run(to, count).map(|()| true),
-        Some(Internal::Load { targets, connections, duration_s, close }) => loadgen::run(loadgen::LoadArgs {
+        Some(Internal::Load {
+            targets,
+            connections,
+            duration_s,
+            close,
+        }) => loadgen::run(loadgen::LoadArgs {
             targets,
             connections,
             duration: Duration::from_secs(duration_s),

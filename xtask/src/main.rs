@@ -239,7 +239,10 @@ fn python_client() -> Result<()> {
         eprintln!("xtask setup: Python kubernetes client present");
         return Ok(());
     }
-    eprintln!("xtask setup: installing the Python kubernetes client into {}", venv.display());
+    eprintln!(
+        "xtask setup: installing the Python kubernetes client into {}",
+        venv.display()
+    );
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin/pip")).args(["install", "-q", "kubernetes>=37,<38"]))
 }
