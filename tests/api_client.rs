@@ -284,3 +284,60 @@ pub fn assert_status(reply: &Reply, code: u16, reason: &str) {
     assert_eq!(reply.body["code"], code, "{}", reply.body);
     assert_eq!(reply.body["reason"], reason, "{}", reply.body);
 }
+
+/// A keel-control (embedded store, temp data dir, 127.0.0.1:<free port>) on its own thread and
+/// runtime, for tests that drive it from synchronous code with external clients (kubectl, the
+/// Python client). Stopped and cleaned up on drop.
+pub struct ServerThread {
+    /// The admin kubeconfig written by the server.
+    pub kubeconfig: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerThread {
+    /// Starts the server and returns once it serves.
+    pub fn start() -> ServerThread {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = keel_control::Config::new(dir.path());
+        config.listen = "127.0.0.1:0".parse().expect("address");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let running = keel_control::start(config)
+                    .await
+                    .expect("keel-control starts");
+                let _ = tx.send(running.kubeconfig.clone());
+                let _ = stop_rx.await;
+                let _ = running.stop().await;
+            });
+        });
+        let kubeconfig = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("keel-control did not start within 30 s");
+        ServerThread {
+            kubeconfig,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

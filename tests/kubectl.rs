@@ -9,63 +9,16 @@ use std::{
     time::Duration,
 };
 
-use keel_control::Config;
+use keel_tests::api_client::ServerThread;
 
-/// A keel-control serving on 127.0.0.1:<free port> from a temp data dir, on its own runtime.
-struct Server {
-    kubeconfig: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+trait KubectlFor {
+    fn kubectl(&self) -> Kubectl;
 }
 
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config::new(dir.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let running = keel_control::start(config)
-                    .await
-                    .expect("keel-control starts");
-                tx.send(running.kubeconfig.clone()).unwrap();
-                let _ = stop_rx.await;
-                let _ = running.stop().await;
-            });
-        });
-        let kubeconfig = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server ready");
-        Server {
-            kubeconfig,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
+impl KubectlFor for ServerThread {
     fn kubectl(&self) -> Kubectl {
         Kubectl {
             kubeconfig: self.kubeconfig.clone(),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
@@ -176,7 +129,7 @@ fn columns(line: &str) -> Vec<&str> {
 
 #[test]
 fn kubectl_works_against_keel_control() {
-    let server = Server::start();
+    let server = ServerThread::start();
     let k = server.kubectl();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("web.yaml");
@@ -407,7 +360,7 @@ fn kubectl_works_against_keel_control() {
 
 #[test]
 fn kubectl_get_watch_streams_changes() {
-    let server = Server::start();
+    let server = ServerThread::start();
     let k = server.kubectl();
     let mut watch = k
         .cmd(&["get", "pods", "-w", "--request-timeout=60s"])
@@ -448,7 +401,7 @@ fn kubectl_get_watch_streams_changes() {
 
 #[test]
 fn kubectl_explain_uses_the_served_schemas() {
-    let server = Server::start();
+    let server = ServerThread::start();
     let k = server.kubectl();
     let out = k.ok(&["explain", "deployment.spec"]);
     assert!(
@@ -459,7 +412,7 @@ fn kubectl_explain_uses_the_served_schemas() {
 
 #[test]
 fn requests_without_credentials_are_refused() {
-    let server = Server::start();
+    let server = ServerThread::start();
     let text = std::fs::read_to_string(&server.kubeconfig).unwrap();
     let token_line = text
         .lines()

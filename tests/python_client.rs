@@ -1,8 +1,8 @@
 //! The official Kubernetes Python client (`kubernetes` on PyPI, installed by `cargo xtask setup`
 //! into `target/pyenv`) against a real keel-control: runs `tests/python/client_test.py`.
-use std::{path::Path, process::Command, sync::mpsc, time::Duration};
+use std::{path::Path, process::Command};
 
-use keel_control::Config;
+use keel_tests::api_client::ServerThread;
 
 fn python() -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -18,37 +18,15 @@ fn python() -> std::path::PathBuf {
 #[test]
 fn the_official_python_client_works() {
     let py = python();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let running = keel_control::start(config)
-                .await
-                .expect("keel-control starts");
-            tx.send(running.kubeconfig.clone()).unwrap();
-            let _ = stop_rx.await;
-            let _ = running.stop().await;
-        });
-    });
-    let kubeconfig = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server ready");
+    let server = ServerThread::start();
+    let kubeconfig = server.kubeconfig.clone();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client_test.py");
     let out = Command::new(py)
         .arg(script)
         .arg(&kubeconfig)
         .output()
         .expect("python runs");
-    let _ = stop_tx.send(());
-    let _ = server.join();
+    drop(server);
     assert!(
         out.status.success(),
         "python client checks failed:\n{}\n{}",
