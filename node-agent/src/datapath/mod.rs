@@ -489,77 +489,41 @@ impl Datapath {
                 .count();
             let batch = &ops[i..i + run];
             i += run;
+            // One batch call for a run of puts or deletes into one map.
+            macro_rules! put_batch {
+                ($variant:ident, $map:expr, $name:expr) => {{
+                    let (k, v): (Vec<_>, Vec<_>) = batch
+                        .iter()
+                        .filter_map(|op| match op {
+                            MapOp::$variant(k, v) => Some((*k, *v)),
+                            _ => None,
+                        })
+                        .unzip();
+                    sys::update_batch($map.map().fd().as_fd(), &k, &v).map_err(berr($name))?;
+                }};
+            }
+            macro_rules! delete_batch {
+                ($variant:ident, $map:expr, $name:expr) => {{
+                    let k: Vec<_> = batch
+                        .iter()
+                        .filter_map(|op| match op {
+                            MapOp::$variant(k) => Some(*k),
+                            _ => None,
+                        })
+                        .collect();
+                    sys::delete_batch($map.map().fd().as_fd(), &k).map_err(berr($name))?;
+                }};
+            }
             match &batch[0] {
-                MapOp::PutBackend(..) => {
-                    let (k, v): (Vec<u32>, Vec<Backend>) = batch
-                        .iter()
-                        .filter_map(|op| {
-                            if let MapOp::PutBackend(k, v) = op {
-                                Some((*k, *v))
-                            } else {
-                                None
-                            }
-                        })
-                        .unzip();
-                    sys::update_batch(m.backends.map().fd().as_fd(), &k, &v)
-                        .map_err(berr(map_names::BACKENDS))?;
-                }
+                MapOp::PutBackend(..) => put_batch!(PutBackend, m.backends, map_names::BACKENDS),
                 MapOp::DeleteBackend(_) => {
-                    let k: Vec<u32> = batch
-                        .iter()
-                        .filter_map(|op| {
-                            if let MapOp::DeleteBackend(k) = op {
-                                Some(*k)
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
-                    sys::delete_batch(m.backends.map().fd().as_fd(), &k)
-                        .map_err(berr(map_names::BACKENDS))?;
+                    delete_batch!(DeleteBackend, m.backends, map_names::BACKENDS)
                 }
-                MapOp::PutService(..) => {
-                    let (k, v): (Vec<ServiceKey>, Vec<ServiceValue>) = batch
-                        .iter()
-                        .filter_map(|op| {
-                            if let MapOp::PutService(k, v) = op {
-                                Some((*k, *v))
-                            } else {
-                                None
-                            }
-                        })
-                        .unzip();
-                    sys::update_batch(m.services.map().fd().as_fd(), &k, &v)
-                        .map_err(berr(map_names::SERVICES))?;
-                }
+                MapOp::PutService(..) => put_batch!(PutService, m.services, map_names::SERVICES),
                 MapOp::DeleteService(_) => {
-                    let k: Vec<ServiceKey> = batch
-                        .iter()
-                        .filter_map(|op| {
-                            if let MapOp::DeleteService(k) = op {
-                                Some(*k)
-                            } else {
-                                None
-                            }
-                        })
-                        .collect();
-                    sys::delete_batch(m.services.map().fd().as_fd(), &k)
-                        .map_err(berr(map_names::SERVICES))?;
+                    delete_batch!(DeleteService, m.services, map_names::SERVICES)
                 }
-                MapOp::PutRevNat(..) => {
-                    let (k, v): (Vec<u32>, Vec<RevNat>) = batch
-                        .iter()
-                        .filter_map(|op| {
-                            if let MapOp::PutRevNat(k, v) = op {
-                                Some((*k, *v))
-                            } else {
-                                None
-                            }
-                        })
-                        .unzip();
-                    sys::update_batch(m.rev_nat.map().fd().as_fd(), &k, &v)
-                        .map_err(berr(map_names::REV_NAT))?;
-                }
+                MapOp::PutRevNat(..) => put_batch!(PutRevNat, m.rev_nat, map_names::REV_NAT),
                 _ => {
                     for op in batch {
                         match op {
