@@ -341,3 +341,49 @@ impl Drop for ServerThread {
         }
     }
 }
+
+/// The API with the periodic compactor on a short interval (200 ms) over `backend`: an old
+/// resourceVersion becomes 410 Expired for watch and exact-version list, while the latest stays
+/// watchable however many ticks pass with nothing written.
+pub async fn check_periodic_compaction(backend: Backend) {
+    let cluster = Cluster::start_with(backend, |config| {
+        config.compaction_interval = Duration::from_millis(200);
+    })
+    .await
+    .expect("keel-control starts");
+    let base = "/api/v1/namespaces/default/configmaps";
+    let old = rv(&cluster.post(base, configmap("old", json!({}))).await.body);
+    cluster.post(base, configmap("new", json!({}))).await;
+    // The compactor runs in the background; a watcher resuming from `old` is told to relist.
+    let expired = cluster
+        .wait_until_expired(&format!("{base}?watch=true&resourceVersion={old}"))
+        .await;
+    assert_eq!(
+        (
+            expired["object"]["code"].as_u64(),
+            expired["object"]["reason"].as_str()
+        ),
+        (Some(410), Some("Expired")),
+        "{expired}"
+    );
+    assert_status(
+        &cluster
+            .get(&format!(
+                "{base}?resourceVersion={old}&resourceVersionMatch=Exact"
+            ))
+            .await,
+        410,
+        "Expired",
+    );
+    // The relist's version stays watchable while nothing is written, however many ticks pass.
+    let latest = rv(&cluster.get(base).await.body);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = cluster
+        .watch(
+            &format!("{base}?watch=true&resourceVersion={latest}&timeoutSeconds=1"),
+            1,
+        )
+        .await;
+    assert!(events.is_empty(), "{events:?}");
+    cluster.stop().await;
+}

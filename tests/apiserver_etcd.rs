@@ -4,7 +4,6 @@
 //! compaction, consistent list paging, and ClusterIP allocation. The full API suite runs on
 //! the embedded store (apiserver.rs); these are the checks where the backend's revisions,
 //! conditional writes, watches, compaction and range reads show. None of them needs root.
-use std::time::Duration;
 
 use keel_tests::api_client::{Backend, Cluster, assert_status, configmap, rv};
 use reqwest::StatusCode;
@@ -128,44 +127,7 @@ async fn watches_start_with_the_state_and_resume_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_compaction_expires_old_versions_but_keeps_the_latest() {
-    let cluster = Cluster::start_with(Backend::Etcd, |config| {
-        config.compaction_interval = Duration::from_millis(200);
-    })
-    .await
-    .expect("keel-control starts on etcd");
-    let base = "/api/v1/namespaces/default/configmaps";
-    let old = rv(&cluster.post(base, configmap("old", json!({}))).await.body);
-    cluster.post(base, configmap("new", json!({}))).await;
-    let expired = cluster
-        .wait_until_expired(&format!("{base}?watch=true&resourceVersion={old}"))
-        .await;
-    assert_eq!(
-        (
-            expired["object"]["code"].as_u64(),
-            expired["object"]["reason"].as_str()
-        ),
-        (Some(410), Some("Expired")),
-        "{expired}"
-    );
-    assert_status(
-        &cluster
-            .get(&format!(
-                "{base}?resourceVersion={old}&resourceVersionMatch=Exact"
-            ))
-            .await,
-        410,
-        "Expired",
-    );
-    let latest = rv(&cluster.get(base).await.body);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let events = cluster
-        .watch(
-            &format!("{base}?watch=true&resourceVersion={latest}&timeoutSeconds=1"),
-            1,
-        )
-        .await;
-    assert!(events.is_empty(), "{events:?}");
-    cluster.stop().await;
+    keel_tests::api_client::check_periodic_compaction(Backend::Etcd).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
