@@ -138,6 +138,28 @@ impl World {
         tally(&replies)
     }
 
+    /// Every backend pod as a ready endpoint.
+    fn all_ready(&self) -> Vec<(Ipv4Addr, &'static str)> {
+        (1..self.topo.pods().len())
+            .map(|i| (self.backend_ip(i), READY))
+            .collect()
+    }
+
+    /// A client keeping one TCP connection / connected UDP socket open to `to`, inside the
+    /// cgroup (socket-level path) or outside it (per-packet path).
+    fn long_lived(&self, in_cgroup: bool, proto: Proto, to: SocketAddrV4) -> Client {
+        let cg = in_cgroup.then_some(&*self.cgroup);
+        Client::start(
+            testsrv(),
+            self.client_ns(),
+            cg,
+            proto,
+            to,
+            AskOptions::default(),
+        )
+        .expect("client starts")
+    }
+
     fn ask(&self, in_cgroup: bool, proto: Proto, to: SocketAddrV4, count: u32) -> Vec<Reply> {
         let opts = AskOptions {
             count,
@@ -220,7 +242,7 @@ fn clusterip_spreads_tcp_over_three_backends_at_the_socket_layer() {
         return;
     }
     let mut w = World::new("spread", 3, Proto::Http);
-    let eps: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let eps = w.all_ready();
     w.program(&service("web", VIP, 80, "TCP", "", &eps));
     let replies = w.ask(true, Proto::Http, SocketAddrV4::new(VIP, 80), 90);
     all_ok_from(&replies, SocketAddrV4::new(VIP, 80));
@@ -244,7 +266,7 @@ fn traffic_that_bypasses_the_socket_hooks_is_balanced_per_packet() {
         return;
     }
     let mut w = World::new("bypass", 3, Proto::Http);
-    let eps: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let eps = w.all_ready();
     w.program(&service("web", VIP, 80, "TCP", "", &eps));
     // Not in the cgroup: the tc program on the pod's veth does DNAT and reverse SNAT.
     let replies = w.ask(false, Proto::Http, SocketAddrV4::new(VIP, 80), 60);
@@ -264,7 +286,7 @@ fn udp_clusterip_works_connected_and_unconnected() {
         return;
     }
     let mut w = World::new("udp", 3, Proto::Udp);
-    let eps: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let eps = w.all_ready();
     w.program(&service("dns", VIP, 53, "UDP", "", &eps));
     let to = SocketAddrV4::new(VIP, 53);
     // Unconnected sendto/recvfrom: sendmsg4 balances each datagram, recvmsg4 restores the VIP.
@@ -296,7 +318,7 @@ fn nodeport_is_reachable_from_outside_the_node() {
         return;
     }
     let mut w = World::new("nodeport", 3, Proto::Http);
-    let eps: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let eps = w.all_ready();
     w.program(&service("web", VIP, 80, "TCP", "  type: NodePort\n", &eps));
     let node_addr = w.topo.node_external_addr().unwrap();
     let outside = w.topo.outside_netns().unwrap().to_string();
@@ -316,7 +338,7 @@ fn session_affinity_holds() {
         return;
     }
     let mut w = World::new("affinity", 3, Proto::Http);
-    let eps: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let eps = w.all_ready();
     w.program(&service(
         "web",
         VIP,
@@ -388,28 +410,12 @@ fn a_removed_endpoint_gets_no_new_connections_and_a_terminating_one_keeps_its_ow
         return;
     }
     let mut w = World::new("remove", 3, Proto::Tcp);
-    let all: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let all = w.all_ready();
     w.program(&service("web", VIP, 80, "TCP", "", &all));
     let to = SocketAddrV4::new(VIP, 80);
     // Long-lived connections, through both paths, opened before the change.
-    let mut socket_conn = Client::start(
-        testsrv(),
-        w.client_ns(),
-        Some(&w.cgroup),
-        Proto::Tcp,
-        to,
-        AskOptions::default(),
-    )
-    .unwrap();
-    let mut packet_conn = Client::start(
-        testsrv(),
-        w.client_ns(),
-        None,
-        Proto::Tcp,
-        to,
-        AskOptions::default(),
-    )
-    .unwrap();
+    let mut socket_conn = w.long_lived(true, Proto::Tcp, to);
+    let mut packet_conn = w.long_lived(false, Proto::Tcp, to);
     let first_s = socket_conn
         .exchange()
         .unwrap()
@@ -460,18 +466,10 @@ fn a_connected_udp_socket_moves_off_a_backend_that_went_away() {
         return;
     }
     let mut w = World::new("udpmove", 3, Proto::Udp);
-    let all: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let all = w.all_ready();
     w.program(&service("dns", VIP, 53, "UDP", "", &all));
     let to = SocketAddrV4::new(VIP, 53);
-    let mut c = Client::start(
-        testsrv(),
-        w.client_ns(),
-        Some(&w.cgroup),
-        Proto::Udp,
-        to,
-        AskOptions::default(),
-    )
-    .unwrap();
+    let mut c = w.long_lived(true, Proto::Udp, to);
     let first = c.exchange().unwrap().expect("first answer");
     let gone: usize = first.name[2..].parse().unwrap();
     let rest: Vec<(Ipv4Addr, &str)> = (1..=3)
@@ -500,28 +498,12 @@ fn restarting_the_loader_mid_traffic_loses_no_connection() {
         return;
     }
     let mut w = World::new("restart", 3, Proto::Tcp);
-    let all: Vec<(Ipv4Addr, &str)> = (1..=3).map(|i| (w.backend_ip(i), READY)).collect();
+    let all = w.all_ready();
     let manifest = service("web", VIP, 80, "TCP", "", &all);
     w.program(&manifest);
     let to = SocketAddrV4::new(VIP, 80);
-    let mut long_socket = Client::start(
-        testsrv(),
-        w.client_ns(),
-        Some(&w.cgroup),
-        Proto::Tcp,
-        to,
-        AskOptions::default(),
-    )
-    .unwrap();
-    let mut long_packet = Client::start(
-        testsrv(),
-        w.client_ns(),
-        None,
-        Proto::Tcp,
-        to,
-        AskOptions::default(),
-    )
-    .unwrap();
+    let mut long_socket = w.long_lived(true, Proto::Tcp, to);
+    let mut long_packet = w.long_lived(false, Proto::Tcp, to);
     let s0 = long_socket.exchange().unwrap().unwrap().name;
     let p0 = long_packet.exchange().unwrap().unwrap().name;
 
