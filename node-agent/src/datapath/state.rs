@@ -224,6 +224,11 @@ impl MapState {
         let mut ops_remove = Vec::new();
         let mut ops_purge = Vec::new();
 
+        // Endpoint of each programmed backend id (a scan per lookup would make removing many
+        // services quadratic).
+        let ep_by_id: BTreeMap<u32, Endpoint> =
+            self.backends.iter().map(|(ep, b)| (b.id, *ep)).collect();
+
         // Backends: every endpoint any frontend uses or keeps for its flows.
         let mut wanted: BTreeMap<Endpoint, u8> = BTreeMap::new();
         for spec in desired.frontends.values() {
@@ -321,7 +326,7 @@ impl MapState {
                         }
                         // A UDP backend that is gone from the service entirely (not merely
                         // terminating): move its connected sockets elsewhere.
-                        if let Some((ep, _)) = self.backends.iter().find(|(_, b)| b.id == *id)
+                        if let Some(ep) = ep_by_id.get(id)
                             && ep.proto == Proto::Udp
                             && !spec.lingering.contains(ep)
                             && !spec.backends.contains(ep)
@@ -357,7 +362,7 @@ impl MapState {
             ops_remove.push(MapOp::DeleteRevNat(p.rev_nat));
             ops_remove.push(MapOp::DeleteCounters(p.rev_nat));
             for id in &p.slots {
-                if let Some((ep, _)) = self.backends.iter().find(|(_, b)| b.id == *id)
+                if let Some(ep) = ep_by_id.get(id)
                     && ep.proto == Proto::Udp
                     && !wanted.contains_key(ep)
                 {
