@@ -8,6 +8,7 @@
 //! - [`metrics`]: Prometheus metrics of the API server.
 pub mod apiserver;
 pub mod compactor;
+pub mod controllers;
 pub mod metrics;
 pub mod pki;
 pub mod server;

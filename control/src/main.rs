@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use ipnet::Ipv4Net;
+use keel_control::controllers::ControllerConfig;
 use keel_control::{Config, StoreBackend};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -46,6 +47,17 @@ struct Args {
     /// (e.g. 5m, 90s, 200ms; 0 disables compaction).
     #[arg(long, default_value = "5m", value_parser = keel_control::compactor::parse_interval)]
     compaction_interval: Duration,
+    /// Run the controllers and the scheduler (while this process holds the leader lease in
+    /// kube-system/keel-control); `--controllers=false` serves the API only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    controllers: bool,
+    /// A node whose heartbeat Lease is older than this becomes NotReady and unreachable.
+    #[arg(long, default_value = "40s", value_parser = keel_control::compactor::parse_interval)]
+    node_monitor_grace_period: Duration,
+    /// How long a leader's lease lasts without renewal; a dead leader is replaced after about
+    /// this plus one retry period (2 s).
+    #[arg(long, default_value = "10s", value_parser = keel_control::compactor::parse_interval)]
+    leader_lease_duration: Duration,
 }
 
 #[tokio::main]
@@ -77,6 +89,13 @@ async fn main() -> Result<()> {
         store,
         insecure_http: args.insecure_http,
         compaction_interval: args.compaction_interval,
+        controllers: args.controllers.then(|| {
+            let mut controllers = ControllerConfig::new(args.cluster_cidr);
+            controllers.node_monitor_grace_period = args.node_monitor_grace_period;
+            controllers.leader.lease_duration = args.leader_lease_duration.max(Duration::from_secs(2));
+            controllers.leader.renew_deadline = controllers.leader.lease_duration * 4 / 5;
+            controllers
+        }),
     };
     keel_control::run(config, shutdown_signal()).await
 }

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::controllers::{ControllerConfig, Controllers};
 use crate::{compactor, pki};
 
 /// Which store backend to use.
@@ -59,6 +60,9 @@ pub struct Config {
     pub insecure_http: bool,
     /// How often the store's history is compacted (see [`compactor`]); zero disables it.
     pub compaction_interval: Duration,
+    /// The controllers and scheduler (run while this process holds the leader lease);
+    /// `None` serves the API only.
+    pub controllers: Option<ControllerConfig>,
 }
 
 impl Config {
@@ -73,6 +77,7 @@ impl Config {
             store: StoreBackend::Embedded,
             insecure_http: false,
             compaction_interval: compactor::DEFAULT_INTERVAL,
+            controllers: Some(ControllerConfig::new("10.244.0.0/16".parse().expect("valid CIDR"))),
         }
     }
 }
@@ -92,6 +97,7 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
     compactor: Option<JoinHandle<()>>,
+    controllers: Option<Controllers>,
 }
 
 impl Running {
@@ -99,6 +105,9 @@ impl Running {
     pub async fn stop(mut self) -> Result<()> {
         if let Some(compactor) = self.compactor.take() {
             compactor.abort();
+        }
+        if let Some(controllers) = self.controllers.take() {
+            controllers.stop().await;
         }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -185,11 +194,13 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
     let kubeconfig = pki::write_kubeconfig(&config.data_dir, &url, &credentials)?;
 
     let api = Api::new(store.clone(), services);
+    let state_api = api.clone();
     api.bootstrap().await?;
     namespaces::resume(&api)
         .await
         .map_err(|e| anyhow::anyhow!("resuming namespace cleanup: {e}"))?;
 
+    let api_handle = state_api.clone();
     let state = Arc::new(AppState {
         handler: Handler {
             api,
@@ -215,6 +226,10 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(serve(listener, app, tls, shutdown_rx));
     let compactor = compactor::spawn(store, config.compaction_interval);
+    let controllers = config.controllers.clone().map(|mut controllers| {
+        controllers.cluster_cidr = config.cluster_cidr;
+        Controllers::spawn(api_handle.clone(), controllers)
+    });
     tracing::info!(%url, data_dir = %config.data_dir.display(), "API server started");
     Ok(Running {
         addr,
@@ -225,6 +240,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
         shutdown: Some(shutdown_tx),
         task,
         compactor,
+        controllers,
     })
 }
 
