@@ -98,9 +98,25 @@ pub struct Running {
     task: JoinHandle<Result<()>>,
     compactor: Option<JoinHandle<()>>,
     controllers: Option<Controllers>,
+    api: Arc<Api>,
+    cluster_cidr: Ipv4Net,
 }
 
 impl Running {
+    /// The API layer (for in-process tools: benchmarks, tests).
+    pub fn api(&self) -> Arc<Api> {
+        self.api.clone()
+    }
+
+    /// Starts the controllers now (for a server started with `controllers: None`, e.g. a
+    /// benchmark that stores its pending pods first); no-op when they already run.
+    pub fn start_controllers(&mut self, mut config: ControllerConfig) {
+        if self.controllers.is_none() {
+            config.cluster_cidr = self.cluster_cidr;
+            self.controllers = Some(Controllers::spawn(self.api.clone(), config));
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish briefly, and waits for the server.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(compactor) = self.compactor.take() {
@@ -241,6 +257,8 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
         task,
         compactor,
         controllers,
+        api: api_handle,
+        cluster_cidr: config.cluster_cidr,
     })
 }
 

@@ -502,3 +502,57 @@ mod tests {
         assert_eq!(split_key(&key(None, "node-1")), (None, "node-1"));
     }
 }
+
+// ---- Selectors -------------------------------------------------------------------------------
+
+/// Whether `labels` match a `LabelSelector` (matchLabels and matchExpressions In, NotIn,
+/// Exists, DoesNotExist). An empty selector matches everything; an unknown operator nothing.
+pub fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> bool {
+    let empty = std::collections::BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    if let Some(required) = &selector.match_labels
+        && required.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
+    }
+    for req in selector.match_expressions.iter().flatten() {
+        let value = labels.get(&req.key);
+        let values = req.values.as_deref().unwrap_or(&[]);
+        let ok = match req.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a selector selects nothing at all (`{}` selects everything in Kubernetes' apps
+/// controllers' eyes only when explicitly written; they refuse to act on it).
+pub fn selector_is_empty(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> bool {
+    selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty())
+}
+
+/// The controller ownerReference of an object, if any.
+pub fn controller_of(
+    meta: &ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+}
