@@ -58,6 +58,10 @@ struct Args {
     /// this plus one retry period (2 s).
     #[arg(long, default_value = "10s", value_parser = keel_control::compactor::parse_interval)]
     leader_lease_duration: Duration,
+    /// Seconds new pods tolerate the not-ready and unreachable taints of their node (the
+    /// default tolerations every pod gets): how long pods stay on a failed node.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
 }
 
 #[tokio::main]
@@ -89,6 +93,7 @@ async fn main() -> Result<()> {
         store,
         insecure_http: args.insecure_http,
         compaction_interval: args.compaction_interval,
+        default_toleration_seconds: args.default_toleration_seconds,
         controllers: args.controllers.then(|| {
             let mut controllers = ControllerConfig::new(args.cluster_cidr);
             controllers.node_monitor_grace_period = args.node_monitor_grace_period;

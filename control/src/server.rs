@@ -63,6 +63,9 @@ pub struct Config {
     /// The controllers and scheduler (run while this process holds the leader lease);
     /// `None` serves the API only.
     pub controllers: Option<ControllerConfig>,
+    /// `tolerationSeconds` of the default not-ready/unreachable tolerations of new pods: how
+    /// long pods stay on a failed node before eviction (Kubernetes' 300 s by default).
+    pub default_toleration_seconds: i64,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             insecure_http: false,
             compaction_interval: compactor::DEFAULT_INTERVAL,
             controllers: Some(ControllerConfig::new("10.244.0.0/16".parse().expect("valid CIDR"))),
+            default_toleration_seconds: 300,
         }
     }
 }
@@ -210,6 +214,7 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
     let kubeconfig = pki::write_kubeconfig(&config.data_dir, &url, &credentials)?;
 
     let api = Api::new(store.clone(), services);
+    api.set_default_toleration_seconds(config.default_toleration_seconds);
     let state_api = api.clone();
     api.bootstrap().await?;
     namespaces::resume(&api)

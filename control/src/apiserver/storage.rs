@@ -35,6 +35,9 @@ pub struct Api {
     pub services: ServiceAllocator,
     /// Namespaces whose cleanup task is running.
     namespace_cleanups: Mutex<HashSet<String>>,
+    /// `tolerationSeconds` of the not-ready/unreachable tolerations added to new pods
+    /// (`--default-toleration-seconds`): how long pods stay on a failed node.
+    default_toleration_seconds: std::sync::atomic::AtomicI64,
 }
 
 /// Options of a write request.
@@ -286,7 +289,14 @@ impl Api {
             store,
             services,
             namespace_cleanups: Mutex::new(HashSet::new()),
+            default_toleration_seconds: std::sync::atomic::AtomicI64::new(DEFAULT_TOLERATION_SECONDS),
         })
+    }
+
+    /// Sets the `tolerationSeconds` new pods get for the not-ready and unreachable taints.
+    pub fn set_default_toleration_seconds(&self, seconds: i64) {
+        self.default_toleration_seconds
+            .store(seconds.max(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Marks a namespace's cleanup as running; false if it already is.
@@ -497,7 +507,10 @@ impl Api {
         strategy::prepare_for_create(res, &mut obj);
         defaults::apply_defaults(res.kind, &mut obj);
         if res.kind == "Pod" {
-            defaults::default_tolerations(&mut obj, DEFAULT_TOLERATION_SECONDS);
+            defaults::default_tolerations(
+                &mut obj,
+                self.default_toleration_seconds.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
         if let Some(ns) = ns.filter(|_| res.namespaced) {
             self.check_namespace_open(res, ns, &fixed_name).await?;
