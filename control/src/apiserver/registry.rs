@@ -257,6 +257,11 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
+/// Every served resource.
+pub fn all() -> &'static [Resource] {
+    RESOURCES
+}
+
 /// Finds a resource by kind.
 pub fn by_kind(kind: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.kind == kind)
