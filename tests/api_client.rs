@@ -63,6 +63,22 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client for any keel-control (in-process or not): its URL (`https://host:port`), the
+    /// CA (PEM) that signed its serving certificate, and a bearer token.
+    pub fn new(base_url: &str, ca_pem: &str, token: &str) -> Result<ApiClient> {
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("parsing the CA")?;
+        let client = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .context("building the HTTPS client")?;
+        Ok(ApiClient {
+            client,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
     /// A request to `path` (e.g. `/api/v1/pods`) carrying the admin token.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.client
@@ -133,6 +149,11 @@ impl Cluster {
 
     pub fn running(&self) -> &Running {
         self.running.as_ref().expect("the cluster is running")
+    }
+
+    /// The running server, mutable (e.g. to start its controllers late).
+    pub fn running_mut(&mut self) -> &mut Running {
+        self.running.as_mut().expect("the cluster is running")
     }
 
     /// The full URL of an API path.

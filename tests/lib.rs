@@ -13,6 +13,8 @@
 //! - [`etcd`]: a private etcd on free loopback ports, for the etcd store's tests and benchmarks.
 //! - [`api_client`]: keel-control started in-process (embedded store or etcd) and an HTTPS
 //!   client for its API (the API tests and `keel-bench-api`).
+//! - [`hollow`]: hollow nodes (kubemark-style fake kubelets over the API) for controller and
+//!   scheduler tests and `keel-bench-sched`.
 //!
 //! Every fixture removes what it created when dropped, panics included. Names carry the process
 //! id, so tests run in parallel and leftovers of a killed run can be swept (`sweep_stale`).
@@ -20,6 +22,7 @@
 pub mod api_client;
 pub mod cgroup;
 pub mod etcd;
+pub mod hollow;
 pub mod netns;
 pub mod privilege;
 pub mod process;

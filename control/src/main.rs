@@ -56,12 +56,15 @@ struct Args {
     node_monitor_grace_period: Duration,
     /// How long a leader's lease lasts without renewal; a dead leader is replaced after about
     /// this plus one retry period (2 s).
-    #[arg(long, default_value = "10s", value_parser = keel_control::compactor::parse_interval)]
+    #[arg(long, default_value = "8s", value_parser = keel_control::compactor::parse_interval)]
     leader_lease_duration: Duration,
     /// Seconds new pods tolerate the not-ready and unreachable taints of their node (the
     /// default tolerations every pod gets): how long pods stay on a failed node.
     #[arg(long, default_value_t = 300)]
     default_toleration_seconds: i64,
+    /// This process's name in the leader election (default: hostname and a random suffix).
+    #[arg(long)]
+    leader_identity: Option<String>,
 }
 
 #[tokio::main]
@@ -96,9 +99,12 @@ async fn main() -> Result<()> {
         default_toleration_seconds: args.default_toleration_seconds,
         controllers: args.controllers.then(|| {
             let mut controllers = ControllerConfig::new(args.cluster_cidr);
+            if let Some(identity) = args.leader_identity.clone() {
+                controllers.identity = identity;
+            }
             controllers.node_monitor_grace_period = args.node_monitor_grace_period;
             controllers.leader.lease_duration = args.leader_lease_duration.max(Duration::from_secs(2));
-            controllers.leader.renew_deadline = controllers.leader.lease_duration * 4 / 5;
+            controllers.leader.renew_deadline = controllers.leader.lease_duration * 3 / 4;
             controllers
         }),
     };

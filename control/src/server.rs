@@ -125,6 +125,7 @@ impl Running {
     pub async fn stop(mut self) -> Result<()> {
         if let Some(compactor) = self.compactor.take() {
             compactor.abort();
+            let _ = compactor.await;
         }
         if let Some(controllers) = self.controllers.take() {
             controllers.stop().await;
@@ -305,9 +306,12 @@ async fn serve(
 ) -> Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
+    // Connection tasks, so that a stop ends them all (they hold the API and its store).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -322,7 +326,7 @@ async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let result = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -372,6 +376,8 @@ async fn serve(
     {
         tracing::debug!("closing connections still open after the grace period");
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
     Ok(())
 }
 

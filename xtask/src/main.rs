@@ -5,6 +5,7 @@
 //! - `test`: build the BPF object, then run the whole test suite.
 //! - `bench`: run the datapath benchmark (direct vs iptables vs Keel); `bench api`: the API
 //!   server benchmark (embedded store vs etcd).
+//! - `bench sched`: the scheduler's throughput and a Deployment rollout on hollow nodes.
 //! - `demo`: the single-node datapath demo.
 use std::{
     env,
@@ -36,9 +37,13 @@ enum Task {
     },
     /// Benchmark the datapath against direct pod IPs and a kube-proxy iptables ruleset (root);
     /// `bench api [--quick] [--json PATH]`: the API server on the embedded store vs etcd.
+    /// `bench sched [--quick] [--json PATH] [--nodes N] [--pods N]`: scheduling throughput and
+    /// a 100-replica rollout on hollow nodes.
     Bench {
         /// Arguments for keel-bench (`--quick`, `--json PATH`, `--chart PATH`, `--services 1,1000`),
         /// or `api` then arguments for keel-bench-api (`--quick`, `--json PATH`, `--stores etcd`).
+        /// Or `sched` then arguments for keel-bench-sched (`--quick`, `--json PATH`, `--nodes N`,
+        /// `--pods N`, `--timeout SECONDS`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -296,6 +301,10 @@ fn test(args: &[String]) -> Result<()> {
     if !is_root() {
         eprintln!("xtask test: not root: tests that need root (BPF, namespaces) will print SKIP");
     }
+    // The leader-election test runs real keel-control processes next to the test binaries.
+    run(Command::new(cargo())
+        .current_dir(root())
+        .args(["build", "-p", "keel-control", "--bin", "keel-control"]))?;
     run(Command::new(cargo())
         .current_dir(root())
         .args(["test", "--workspace"])
@@ -315,6 +324,22 @@ fn bench(args: &[String]) -> Result<()> {
                 "keel-tests",
                 "--bin",
                 "keel-bench-api",
+                "--",
+            ])
+            .args(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("sched") {
+        // The scheduler benchmark runs keel-control and hollow nodes in one process: no root.
+        return run(Command::new(cargo())
+            .current_dir(root())
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "keel-tests",
+                "--bin",
+                "keel-bench-sched",
                 "--",
             ])
             .args(&args[1..]));

@@ -534,11 +534,20 @@ impl Api {
             let mut reservation = Reservation::default();
             if res.kind == "Service" {
                 self.services
-                    .assign(&mut obj, None, &mut reservation)
-                    .map_err(|causes| ApiError::invalid(res.kind, subject(res, &name), causes))?;
+                    .assign(
+                        self.store.as_ref(),
+                        &mut obj,
+                        None,
+                        opts.dry_run,
+                        &mut reservation,
+                    )
+                    .await
+                    .map_err(|e| e.into_api_error(res.kind, subject(res, &name)))?;
             }
             if opts.dry_run {
-                self.services.rollback(reservation);
+                self.services
+                    .rollback(self.store.as_ref(), reservation)
+                    .await;
                 return Ok(Written {
                     object: obj,
                     created: true,
@@ -556,11 +565,15 @@ impl Api {
                     });
                 }
                 Err(StoreError::AlreadyExists(_)) if fixed_name.is_empty() && attempt < 7 => {
-                    self.services.rollback(reservation);
+                    self.services
+                        .rollback(self.store.as_ref(), reservation)
+                        .await;
                     continue;
                 }
                 Err(e) => {
-                    self.services.rollback(reservation);
+                    self.services
+                        .rollback(self.store.as_ref(), reservation)
+                        .await;
                     return Err(ApiError::from_store(e, subject(res, &name)));
                 }
             }
@@ -836,19 +849,28 @@ impl Api {
                 }
                 if res.kind == "Service" && subresource.is_none() {
                     self.services
-                        .assign(&mut new, Some(&old), &mut reservation)
-                        .map_err(|causes| {
-                            ApiError::invalid(res.kind, subject(res, name), causes)
-                        })?;
+                        .assign(
+                            self.store.as_ref(),
+                            &mut new,
+                            Some(&old),
+                            dry_run,
+                            &mut reservation,
+                        )
+                        .await
+                        .map_err(|e| e.into_api_error(res.kind, subject(res, name)))?;
                 }
             }
             if new == old {
-                self.services.rollback(reservation);
+                self.services
+                    .rollback(self.store.as_ref(), reservation)
+                    .await;
                 new["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 return Ok(new);
             }
             if dry_run {
-                self.services.rollback(reservation);
+                self.services
+                    .rollback(self.store.as_ref(), reservation)
+                    .await;
                 new["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 return Ok(new);
             }
@@ -859,7 +881,9 @@ impl Api {
             {
                 Ok(revision) => {
                     if res.kind == "Service" {
-                        self.services.release_unused(&old, Some(&new));
+                        self.services
+                            .release_unused(self.store.as_ref(), &old, Some(&new))
+                            .await;
                     }
                     new["metadata"]["resourceVersion"] = json!(revision.to_string());
                     if deletion_complete(&new) {
@@ -868,13 +892,17 @@ impl Api {
                     return Ok(new);
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    self.services.rollback(reservation);
+                    self.services
+                        .rollback(self.store.as_ref(), reservation)
+                        .await;
                     if pinned {
                         return Err(ApiError::stale(subject(res, name)));
                     }
                 }
                 Err(e) => {
-                    self.services.rollback(reservation);
+                    self.services
+                        .rollback(self.store.as_ref(), reservation)
+                        .await;
                     return Err(ApiError::from_store(e, subject(res, name)));
                 }
             }
@@ -891,7 +919,9 @@ impl Api {
         match self.store.delete(key, Some(revision)).await {
             Ok(_) => {
                 if res.kind == "Service" {
-                    self.services.release_unused(obj, None);
+                    self.services
+                        .release_unused(self.store.as_ref(), obj, None)
+                        .await;
                 }
             }
             Err(e) => tracing::debug!(key, error = %e, "deferred deletion lost a race"),
@@ -1023,7 +1053,9 @@ impl Api {
             match self.store.delete(&key, Some(kv.mod_revision)).await {
                 Ok((_, revision)) => {
                     if res.kind == "Service" {
-                        self.services.release_unused(&current, None);
+                        self.services
+                            .release_unused(self.store.as_ref(), &current, None)
+                            .await;
                     }
                     let mut gone = current;
                     gone["metadata"]["resourceVersion"] = json!(revision.to_string());
@@ -1152,7 +1184,7 @@ impl Api {
     }
 
     /// Ensures the system namespaces (and the `default/kubernetes` Service) exist, and
-    /// rebuilds the Service allocations from the stored Services.
+    /// loads the Service allocations (claims and stored Services).
     pub async fn bootstrap(&self) -> anyhow::Result<()> {
         let services = registry::find("", "v1", "services")
             .ok_or_else(|| anyhow::anyhow!("services not registered"))?;
@@ -1160,9 +1192,10 @@ impl Api {
             .list_items(services, None, &ListParams::default())
             .await
             .map_err(|e| anyhow::anyhow!("listing services: {e}"))?;
-        for svc in &stored {
-            self.services.seed(svc);
-        }
+        self.services
+            .load(self.store.as_ref(), &stored)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading service allocations: {e}"))?;
         let namespaces = registry::find("", "v1", "namespaces")
             .ok_or_else(|| anyhow::anyhow!("namespaces not registered"))?;
         for ns in SYSTEM_NAMESPACES {

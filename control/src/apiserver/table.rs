@@ -573,9 +573,11 @@ fn node_status(node: &Value) -> String {
         .iter()
         .find(|c| s(c, "/type") == "Ready");
     let mut status = match ready.map(|c| s(c, "/status")) {
+        // As kubectl's printer: any status but True (False, Unknown) is NotReady; only a
+        // missing Ready condition is Unknown.
         Some("True") => "Ready".to_string(),
-        Some("False") => "NotReady".to_string(),
-        _ => "Unknown".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
     };
     if node.pointer("/spec/unschedulable") == Some(&json!(true)) {
         status.push_str(",SchedulingDisabled");

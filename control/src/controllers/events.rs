@@ -46,11 +46,16 @@ pub fn reference<K: Resource + Metadata<Ty = ObjectMeta>>(obj: &K) -> ObjectRefe
 }
 
 impl Recorder {
-    /// A recorder writing through `client`; the writer task lives as long as a clone does.
-    pub fn spawn(client: Client, component: &'static str, host: Option<String>) -> Recorder {
+    /// A recorder writing through `client`, and its writer task, which ends (after writing
+    /// what is queued) once every clone of the recorder is dropped.
+    pub fn spawn(
+        client: Client,
+        component: &'static str,
+        host: Option<String>,
+    ) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(write_events(client, host, rx));
-        Recorder { component, tx }
+        let writer = tokio::spawn(write_events(client, host, rx));
+        (Recorder { component, tx }, writer)
     }
 
     /// A recorder for another component sharing this one's writer.

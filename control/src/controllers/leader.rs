@@ -14,8 +14,9 @@ use super::client::Client;
 pub const LEASE_NAMESPACE: &str = "kube-system";
 pub const LEASE_NAME: &str = "keel-control";
 
-/// Timings of the election. Defaults: a 10 s lease renewed every 2 s, given up after 8 s without
-/// a successful renewal: a dead leader is replaced within about 12 s.
+/// Timings of the election. Defaults: an 8 s lease renewed every 2 s, given up after 6 s without
+/// a successful renewal: a dead leader is replaced within 8-12 s (the lease, plus up to two
+/// retry periods for the candidate to first see the last renewal and to try again).
 #[derive(Clone, Debug)]
 pub struct Timings {
     pub lease_duration: Duration,
@@ -26,8 +27,8 @@ pub struct Timings {
 impl Default for Timings {
     fn default() -> Self {
         Timings {
-            lease_duration: Duration::from_secs(10),
-            renew_deadline: Duration::from_secs(8),
+            lease_duration: Duration::from_secs(8),
+            renew_deadline: Duration::from_secs(6),
             retry_period: Duration::from_secs(2),
         }
     }

@@ -80,6 +80,8 @@ pub struct Context {
     pub replica_sets: Arc<Informer<ReplicaSet>>,
     pub deployments: Arc<Informer<Deployment>>,
     pub leases: Arc<Informer<Lease>>,
+    /// The event writer, awaited when the controllers stop (it holds the store).
+    events_writer: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 fn resource(kind: &str) -> &'static registry::Resource {
@@ -89,7 +91,8 @@ fn resource(kind: &str) -> &'static registry::Resource {
 impl Context {
     fn new(api: Arc<Api>, config: ControllerConfig) -> Arc<Self> {
         let client = Client::new(api);
-        let events = Recorder::spawn(client.clone(), "keel-control", Some(config.identity.clone()));
+        let (events, writer) =
+            Recorder::spawn(client.clone(), "keel-control", Some(config.identity.clone()));
         Arc::new(Context {
             client,
             config,
@@ -101,6 +104,7 @@ impl Context {
             replica_sets: Informer::new(resource("ReplicaSet")),
             deployments: Informer::new(resource("Deployment")),
             leases: Informer::new(resource("Lease")),
+            events_writer: std::sync::Mutex::new(Some(writer)),
         })
     }
 
@@ -113,6 +117,18 @@ impl Context {
         self.replica_sets.wait_synced().await;
         self.deployments.wait_synced().await;
         self.leases.wait_synced().await;
+    }
+
+    /// Breaks the handler cycles (informer -> handler -> controller -> context -> informer) so
+    /// that everything the controllers held, the store included, is freed.
+    fn shutdown(&self) {
+        self.pods.clear_handlers();
+        self.nodes.clear_handlers();
+        self.services.clear_handlers();
+        self.endpoint_slices.clear_handlers();
+        self.replica_sets.clear_handlers();
+        self.deployments.clear_handlers();
+        self.leases.clear_handlers();
     }
 
     fn run_informers(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
@@ -162,13 +178,22 @@ impl Controllers {
                     _ = &mut stopped => return,
                 }
                 let mut tasks = JoinSet::new();
-                start_all(api.clone(), config.clone(), &mut tasks);
+                let ctx = start_all(api.clone(), config.clone(), &mut tasks);
                 let stop_now = tokio::select! {
                     _ = elector.hold() => false,
                     _ = &mut stopped => true,
                 };
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
+                // Let the event writer drain and drop its handle on the store.
+                ctx.shutdown();
+                let writer = ctx.events_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+                drop(ctx);
+                if let Some(writer) = writer
+                    && tokio::time::timeout(Duration::from_secs(5), writer).await.is_err()
+                {
+                    tracing::warn!("the event writer did not finish within 5 s");
+                }
                 if stop_now {
                     elector.release().await;
                     return;

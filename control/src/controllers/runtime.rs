@@ -110,6 +110,12 @@ impl<K: Object> Informer<K> {
             .push(Box::new(handler));
     }
 
+    /// Drops every handler (they hold their controllers, which hold the informers: clearing
+    /// them breaks that cycle when the controllers stop).
+    pub fn clear_handlers(&self) {
+        self.handlers.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// The cached object.
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<K>> {
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
