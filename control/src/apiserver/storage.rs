@@ -1171,6 +1171,8 @@ impl Api {
                 return Err(ApiError::conflict(subject(res, pod), &format!("pod {pod} is being deleted, cannot be assigned to a host")));
             }
             let mut next = current.clone();
+            // No resourceVersion precondition: a concurrent status write is retried, not a 409.
+            strip_resource_version(&mut next);
             next["spec"]["nodeName"] = json!(node);
             let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()});
             let conditions = next["status"]["conditions"].as_array().cloned().unwrap_or_default();
