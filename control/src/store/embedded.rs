@@ -83,7 +83,7 @@ const META_FORMAT: &[u8] = b"format";
 const REPLAY_CHUNK: usize = 512;
 
 /// Most writes one commit carries (group commit); later ones wait for the next commit.
-const MAX_BATCH: usize = 1;
+const MAX_BATCH: usize = 256;
 
 /// Tuning of an [`EmbeddedStore`].
 #[derive(Clone, Debug)]
@@ -1297,30 +1297,6 @@ mod tests {
                 .expect("get")
                 .expect("present");
             assert_eq!(old.value, b"v2");
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn adhoc_throughput() {
-        for writers in [1usize, 16, 64] {
-            let dir = tempfile::tempdir().expect("temporary directory");
-            let store = EmbeddedStore::open(dir.path()).expect("open");
-            let stop = std::time::Instant::now() + std::time::Duration::from_secs(4);
-            let mut tasks = tokio::task::JoinSet::new();
-            for w in 0..writers {
-                let store = store.clone();
-                tasks.spawn(async move {
-                    let mut n = 0u64;
-                    while std::time::Instant::now() < stop {
-                        store.create(&format!("/k/{w}/{n}"), vec![0; 1000]).await.expect("create");
-                        n += 1;
-                    }
-                    n
-                });
-            }
-            let total: u64 = tasks.join_all().await.into_iter().sum();
-            eprintln!("ADHOC batch={MAX_BATCH} writers={writers}: {:.0} writes/s", total as f64 / 4.0);
         }
     }
 
