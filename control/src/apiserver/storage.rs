@@ -1220,6 +1220,10 @@ impl Api {
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": self.services.first_ip().to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}], "sessionAffinity": "None", "type": "ClusterIP"},
         });
+        // Already there (a restart, or another API server on the same etcd): nothing to do.
+        if self.get(services, Some("default"), "kubernetes").await.is_ok() {
+            return Ok(());
+        }
         match self
             .create(
                 services,

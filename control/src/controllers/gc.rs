@@ -15,8 +15,8 @@
 //!   last finalizer goes.
 //!
 //! Besides: pods bound to a node that no longer exists are deleted (pod GC), events older than an
-//! hour are deleted (the event TTL), and Service IP/port claims left by a crashed API server are
-//! repaired.
+//! hour are deleted (the event TTL), and every minute Service IP/port claims left by a crashed API
+//! server are repaired (`ServiceAllocator::repair`).
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -361,6 +361,14 @@ impl Collector {
             tick.tick().await;
             rounds += 1;
             missing_before = self.collect_orphaned_pods(&missing_before).await;
+            if rounds % 3 == 1 {
+                // Claims of Service IPs/ports left by an API server that crashed mid-write.
+                let api = &self.ctx.client.api;
+                match api.services.repair(api.store.as_ref(), Duration::from_secs(60)).await {
+                    Ok(repaired) => tracing::debug!(?repaired, "service allocations repaired"),
+                    Err(e) => tracing::warn!(error = %e, "repairing service allocations failed"),
+                }
+            }
             if rounds % 15 == 1 {
                 self.expire_events().await;
             }
