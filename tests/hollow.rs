@@ -750,7 +750,7 @@ enum Job {
 /// How a pod write ended.
 enum WriteResult {
     /// Written; the pod as the server returned it (when it could be read).
-    Done(Option<PodView>),
+    Done(Option<Box<PodView>>),
     /// The pod is gone (404), or was replaced (uid precondition failed on delete).
     Gone,
     /// Worth another try later.
@@ -861,7 +861,8 @@ async fn execute(api: &ApiClient, job: Job, counters: &Counters) -> Outcome {
                     Counters::bump(&counters.pod_status_writes);
                     let view = serde_json::from_value::<Pod>(body)
                         .ok()
-                        .and_then(PodView::from_pod);
+                        .and_then(PodView::from_pod)
+                        .map(Box::new);
                     WriteResult::Done(view)
                 }
                 Ok((StatusCode::NOT_FOUND, _)) => WriteResult::Gone,
@@ -1858,7 +1859,7 @@ impl Actor {
                         if let Some(view) = view.filter(|v| v.uid == pod.uid) {
                             pod.written_version = pod.written_version.max(view.version);
                             if view.version >= pod.observed.version {
-                                pod.observed = view;
+                                pod.observed = *view;
                             }
                         }
                         self.evaluate(&key);
@@ -2139,6 +2140,130 @@ mod tests {
         );
         let late = start + Duration::from_secs(25);
         assert_eq!(next_tick(start, period, late), late + period);
+    }
+
+    fn view(name: &str, node: &str, version: u64) -> PodView {
+        PodView {
+            key: PodKey {
+                namespace: "d".into(),
+                name: name.into(),
+            },
+            uid: format!("uid-{name}"),
+            node: node.into(),
+            version,
+            deleting: false,
+            phase: Some("Pending".into()),
+            pod_ip: None,
+            ready: None,
+            start_time: None,
+            containers: vec![("app".into(), "keel.local/echo:v1".into())],
+            init_containers: Vec::new(),
+        }
+    }
+
+    fn pod_jobs(jobs: &mut mpsc::UnboundedReceiver<Job>) -> Vec<String> {
+        std::iter::from_fn(|| jobs.try_recv().ok())
+            .map(|job| match job {
+                Job::PodStatus { key, patch } => {
+                    let patch: Value = serde_json::from_slice(&patch).unwrap();
+                    let ready = &patch["status"]["containerStatuses"][0]["ready"];
+                    format!("status {key} ready={ready}")
+                }
+                Job::PodDelete { key, uid } => format!("delete {key} {uid}"),
+                Job::Lease { name, .. } => format!("lease {name}"),
+                Job::NodeStatus { name, .. } => format!("node {name}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_actor_starts_reports_and_deletes_pods_once() {
+        let (urgent, _urgent_rx) = mpsc::unbounded_channel();
+        let (jobs, mut jobs_rx) = mpsc::unbounded_channel();
+        let names = vec!["n0".to_string(), "n1".to_string()];
+        let mut actor = Actor::new(
+            &names,
+            vec!["u0".into(), "u1".into()],
+            Arc::new(HollowOptions::default()),
+            urgent,
+            jobs,
+            Arc::new(Counters::default()),
+        );
+        // Pods on other nodes are not ours.
+        actor.pod_seen(view("elsewhere", "real-node", 1));
+        // A new pod starts once its (zero) delay passes: one status write.
+        actor.pod_seen(view("p", "n0", 2));
+        assert!(pod_jobs(&mut jobs_rx).is_empty());
+        actor.fire_due();
+        assert_eq!(pod_jobs(&mut jobs_rx), ["status d/p ready=true"]);
+        // Events while the write is in flight, and older than its result, change nothing.
+        actor.pod_seen(view("p", "n0", 3));
+        let key = view("p", "n0", 0).key;
+        let mut written = view("p", "n0", 5);
+        written.phase = Some("Running".into());
+        written.pod_ip = actor.pods[&key].ip.map(|ip| ip.to_string());
+        written.ready = Some(true);
+        actor.outcome(Outcome::PodStatus {
+            key: key.clone(),
+            result: WriteResult::Done(Some(Box::new(written.clone()))),
+        });
+        actor.pod_seen(view("p", "n0", 4));
+        assert!(pod_jobs(&mut jobs_rx).is_empty());
+        assert_eq!(actor.counters.snapshot().pods_started, 1);
+        // Someone else resets the status later: the kubelet reports again.
+        actor.pod_seen(view("p", "n0", 6));
+        assert_eq!(pod_jobs(&mut jobs_rx), ["status d/p ready=true"]);
+        written.version = 7;
+        actor.outcome(Outcome::PodStatus {
+            key: key.clone(),
+            result: WriteResult::Done(Some(Box::new(written.clone()))),
+        });
+        // Readiness changes are written even though nothing newer was observed.
+        let (done, _) = oneshot::channel();
+        actor.command(Command::SetReady {
+            key: key.clone(),
+            ready: false,
+            done,
+        });
+        assert_eq!(pod_jobs(&mut jobs_rx), ["status d/p ready=false"]);
+        // A deletion is confirmed once, with the pod's uid.
+        let mut deleting = written.clone();
+        deleting.version = 8;
+        deleting.deleting = true;
+        actor.outcome(Outcome::PodStatus {
+            key: key.clone(),
+            result: WriteResult::Gone,
+        });
+        actor.pod_seen(deleting.clone());
+        actor.fire_due();
+        deleting.version = 9;
+        actor.pod_seen(deleting.clone());
+        actor.fire_due();
+        assert_eq!(pod_jobs(&mut jobs_rx), ["delete d/p uid-p"]);
+        actor.pod_feed(Feed::Delete(deleting));
+        assert!(!actor.pods.contains_key(&key));
+        assert!(actor.nodes[0].used.is_empty(), "the pod IP is released");
+        // A silenced node neither starts nor deletes pods; revived, it does.
+        let (done, _) = oneshot::channel();
+        actor.command(Command::SetAlive {
+            node: "n1".into(),
+            alive: false,
+            done,
+        });
+        actor.pod_seen(view("q", "n1", 10));
+        actor.fire_due();
+        assert!(pod_jobs(&mut jobs_rx).is_empty());
+        let (done, _) = oneshot::channel();
+        actor.command(Command::SetAlive {
+            node: "n1".into(),
+            alive: true,
+            done,
+        });
+        actor.fire_due();
+        assert_eq!(pod_jobs(&mut jobs_rx), ["status d/q ready=true"]);
+        // A relist without a pod forgets it.
+        actor.pod_feed(Feed::Sync(Vec::new()));
+        assert!(actor.pods.is_empty());
     }
 
     #[test]

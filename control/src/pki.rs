@@ -1,8 +1,9 @@
 //! The control plane's credentials in the data dir: a CA, the API server's serving
-//! certificate, the admin bearer token, and `admin.kubeconfig` that stock kubectl uses as is.
+//! certificate, its client certificate towards node agents (`kubectl logs`/`exec` proxying),
+//! the admin bearer token, and `admin.kubeconfig` that stock kubectl uses as is.
 //!
-//! The CA key and the token are created once and reused; the serving certificate is
-//! re-issued on every start so its SANs always name the current listen address.
+//! The CA key and the token are created once and reused; the serving and client certificates
+//! are re-issued on every start so the serving SANs always name the current listen address.
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
@@ -21,6 +22,11 @@ pub const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 pub const SERVER_CERT: &str = "apiserver.crt";
 const SERVER_KEY: &str = "apiserver.key";
+/// The API server's client certificate towards node agents (and its key).
+pub const KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.crt";
+const KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client.key";
+/// The common name of that certificate (what agents authorize).
+pub const KUBELET_CLIENT_NAME: &str = "kube-apiserver-kubelet-client";
 pub const ADMIN_TOKEN: &str = "admin.token";
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
 
@@ -29,6 +35,9 @@ pub struct Credentials {
     pub ca_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
+    /// The client certificate (and key) the API server presents to node agents.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
     pub admin_token: String,
 }
 
@@ -125,6 +134,26 @@ pub fn load_or_create(data_dir: &Path, hosts: &[String]) -> Result<Credentials> 
         server_key.serialize_pem().as_bytes(),
     )?;
 
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, KUBELET_CLIENT_NAME);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let client_key = KeyPair::generate()?;
+    let client_cert = params.signed_by(&client_key, &issuer)?;
+    fs::write(data_dir.join(KUBELET_CLIENT_CERT), client_cert.pem())?;
+    write_private(
+        &data_dir.join(KUBELET_CLIENT_KEY),
+        client_key.serialize_pem().as_bytes(),
+    )?;
+
     let token_path = data_dir.join(ADMIN_TOKEN);
     let admin_token = match fs::read_to_string(&token_path) {
         Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
@@ -139,6 +168,8 @@ pub fn load_or_create(data_dir: &Path, hosts: &[String]) -> Result<Credentials> 
         ca_pem,
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
+        kubelet_client_cert_pem: client_cert.pem(),
+        kubelet_client_key_pem: client_key.serialize_pem(),
         admin_token,
     })
 }
@@ -198,6 +229,8 @@ mod tests {
         assert_eq!(first.ca_pem, second.ca_pem);
         assert_eq!(first.admin_token, second.admin_token);
         assert_eq!(first.admin_token.len(), 64);
+        assert!(dir.join(KUBELET_CLIENT_CERT).exists());
+        assert!(second.kubelet_client_cert_pem.contains("BEGIN CERTIFICATE"));
         let path = write_kubeconfig(&dir, "https://127.0.0.1:6443", &second).unwrap();
         let text = fs::read_to_string(path).unwrap();
         assert!(text.contains("server: https://127.0.0.1:6443"));

@@ -27,13 +27,14 @@ use tokio::task::JoinHandle;
 
 use crate::apiserver::allocator::ServiceAllocator;
 use crate::apiserver::handlers::{self, Handler, RequestInfo};
+use crate::apiserver::proxy::NodeClient;
 use crate::apiserver::storage::Api;
 use crate::apiserver::{discovery, namespaces, openapi};
+use crate::controllers::{ControllerConfig, Controllers};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
-use crate::controllers::{ControllerConfig, Controllers};
 use crate::{compactor, pki};
 
 /// Which store backend to use.
@@ -80,7 +81,9 @@ impl Config {
             store: StoreBackend::Embedded,
             insecure_http: false,
             compaction_interval: compactor::DEFAULT_INTERVAL,
-            controllers: Some(ControllerConfig::new("10.244.0.0/16".parse().expect("valid CIDR"))),
+            controllers: Some(ControllerConfig::new(
+                "10.244.0.0/16".parse().expect("valid CIDR"),
+            )),
             default_toleration_seconds: 300,
         }
     }
@@ -227,6 +230,11 @@ pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<R
         handler: Handler {
             api,
             server_address: format!("{host}:{}", addr.port()),
+            nodes: Arc::new(NodeClient::new(
+                &credentials.ca_pem,
+                &credentials.kubelet_client_cert_pem,
+                &credentials.kubelet_client_key_pem,
+            )?),
         },
         token: credentials.admin_token.clone(),
         metrics: Metrics::default(),
@@ -461,7 +469,7 @@ fn text(code: StatusCode, body: &'static str) -> Response {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let path = parts.uri.path();
     match path {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok"),
@@ -520,7 +528,13 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         p if p == "/api" || p == "/apis" || p.starts_with("/api/") || p.starts_with("/apis/") => {
             state
                 .handler
-                .handle(parts.method, &parts.uri, &parts.headers, Body::new(body))
+                .handle(
+                    parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    Body::new(body),
+                    parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                )
                 .await
         }
         _ => handlers::not_found(),

@@ -1,20 +1,30 @@
 //! `keel-agent`: the node agent binary (thin: parse flags, run).
 //!
-//! Today it has one mode, `keel-agent datapath`: load (or take over) the eBPF datapath, attach
-//! it, program the Services and EndpointSlices of a manifest file, and keep it in sync with the
-//! file until stopped. The cluster-driven agent (watching keel-control) builds on the same module.
+//! `keel-agent run` is the node agent (see [`keel_agent::agent`]): it registers the Node with
+//! keel-control and runs the pods bound to it on the embedded process runtime.
+//! `keel-agent datapath` loads (or takes over) the eBPF datapath, attaches it, programs the
+//! Services and EndpointSlices of a manifest file, and keeps it in sync with the file until
+//! stopped.
 use std::{
     net::Ipv4Addr,
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use keel_agent::{
+    agent::{self, AgentConfig, RuntimeFactory},
     datapath::{DEFAULT_PIN_DIR, Datapath, DatapathConfig},
     manifest,
+    runtime::{
+        Runtime,
+        process::runtime::{ProcessConfig, ProcessRuntime},
+    },
 };
 use tracing::{info, warn};
 
@@ -33,6 +43,23 @@ enum Command {
     Stats {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+    },
+    /// Run the node agent: register the Node, run the pods bound to it, report their status.
+    Run(RunArgs),
+    /// Internal: the per-container monitor the process runtime starts (`shim <container dir>`).
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
+    /// Internal: write keel.local/busybox and keel.local/echo into an image store (run by
+    /// `cargo xtask images`).
+    #[command(hide = true)]
+    Images {
+        #[arg(long, default_value = keel_agent::runtime::process::images::DEFAULT_IMAGE_DIR)]
+        image_dir: PathBuf,
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// The static keel-echo binary (the echo image is skipped without it).
+        #[arg(long)]
+        echo_binary: Option<PathBuf>,
     },
 }
 
@@ -67,6 +94,41 @@ struct DatapathArgs {
     once: bool,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The Node's name (default: this machine's hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Kubeconfig of the cluster (keel-control writes `<data-dir>/admin.kubeconfig`).
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// State, volumes, IPAM and container upper dirs.
+    #[arg(long, default_value = agent::DEFAULT_ROOT_DIR)]
+    root_dir: PathBuf,
+    /// Network namespace mounts and sockets.
+    #[arg(long, default_value = agent::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Container logs.
+    #[arg(long, default_value = agent::DEFAULT_LOG_DIR)]
+    log_dir: PathBuf,
+    /// The local OCI image store.
+    #[arg(long, default_value = agent::DEFAULT_IMAGE_DIR)]
+    image_dir: PathBuf,
+    /// cgroup holding every pod (in each hierarchy).
+    #[arg(long, default_value = agent::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
+    /// The address the Node reports (default: the first global IPv4 of the default-route
+    /// device).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// Port of the streaming endpoint (logs, exec) reported in the Node's daemonEndpoints.
+    #[arg(long, default_value_t = agent::DEFAULT_STREAMING_PORT)]
+    streaming_port: u16,
+    /// The Node's pod capacity.
+    #[arg(long, default_value_t = agent::DEFAULT_MAX_PODS)]
+    max_pods: u32,
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -85,11 +147,64 @@ fn main() {
     let result = match cli.command {
         Command::Datapath(args) => run_datapath(args),
         Command::Stats { pin_dir } => stats(pin_dir),
+        Command::Run(args) => run_agent(args),
+        Command::Shim { dir } => std::process::exit(keel_agent::runtime::process::shim::main(&dir)),
+        Command::Images {
+            image_dir,
+            busybox,
+            echo_binary,
+        } => keel_agent::runtime::process::images::build_keel_images(
+            &image_dir,
+            &busybox,
+            echo_binary.as_deref(),
+        )
+        .map(drop)
+        .map_err(anyhow::Error::from),
     };
     if let Err(e) = result {
         eprintln!("keel-agent: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn run_agent(args: RunArgs) -> Result<()> {
+    let node_name = args
+        .node_name
+        .unwrap_or_else(agent::machine::hostname)
+        .to_lowercase();
+    let config = AgentConfig {
+        node_name,
+        kubeconfig: args.kubeconfig,
+        root_dir: args.root_dir,
+        run_dir: args.run_dir,
+        log_dir: args.log_dir,
+        image_dir: args.image_dir,
+        cgroup_parent: args.cgroup_parent,
+        node_ip: args.node_ip,
+        streaming_port: args.streaming_port,
+        max_pods: args.max_pods,
+    };
+    let process = ProcessConfig {
+        root_dir: config.root_dir.clone(),
+        run_dir: config.run_dir.clone(),
+        log_dir: config.log_dir.clone(),
+        image_dir: config.image_dir.clone(),
+        cgroup_parent: config.cgroup_parent.clone(),
+        pod_cidr: ipnet::Ipv4Net::default(),
+    };
+    let factory: RuntimeFactory = Box::new(move |network| {
+        Box::pin(async move {
+            let runtime = ProcessRuntime::new(ProcessConfig {
+                pod_cidr: network.pod_cidr,
+                ..process
+            })
+            .await?;
+            Ok(Arc::new(runtime) as Arc<dyn Runtime>)
+        })
+    });
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(agent::run(config, factory))
 }
 
 fn read_manifest(path: &PathBuf) -> Result<manifest::DatapathObjects> {

@@ -7,6 +7,7 @@
 //!   server benchmark (embedded store vs etcd).
 //! - `bench sched`: the scheduler's throughput and a Deployment rollout on hollow nodes.
 //! - `demo`: the single-node datapath demo.
+//! - `images`: build the local OCI images (keel.local/busybox, keel.local/echo) the agent runs.
 use std::{
     env,
     path::{Path, PathBuf},
@@ -49,6 +50,13 @@ enum Task {
     },
     /// Single-node demo: backends in network namespaces behind a ClusterIP and a NodePort (root).
     Demo,
+    /// Build the local OCI images keel.local/busybox:latest and keel.local/echo:latest into the
+    /// agent's image store (root for the default directory).
+    Images {
+        /// The image store (the agent's `--image-dir`).
+        #[arg(long, default_value = "/var/lib/keel/images")]
+        image_dir: PathBuf,
+    },
 }
 
 /// Debian packages: the BPF toolchain (see ../shared/TOOLCHAIN.md and the README), and the
@@ -81,6 +89,8 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     // etcd-client (the crate) compiles its protobuf definitions at build time.
     "protobuf-compiler",
+    // /bin/busybox (static) for the keel.local/busybox image (`cargo xtask images`).
+    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -94,6 +104,7 @@ fn main() {
         Task::Test { args } => test(&args),
         Task::Bench { args } => bench(&args),
         Task::Demo => demo(),
+        Task::Images { image_dir } => images(&image_dir),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
@@ -383,4 +394,49 @@ fn demo() -> Result<()> {
     run(Command::new(bin.join("keel-demo"))
         .env("KEEL_AGENT_BIN", bin.join("keel-agent"))
         .env("KEEL_TESTSRV_BIN", bin.join("keel-testsrv")))
+}
+
+/// `cargo xtask images`: keel.local/busybox:latest from Debian's static busybox and
+/// keel.local/echo:latest from `keel-echo` built as a static binary, written as OCI image
+/// layouts by `keel-agent images` (the agent's own image code). Idempotent.
+fn images(image_dir: &Path) -> Result<()> {
+    if !Path::new("/bin/busybox").exists() {
+        bail!("/bin/busybox is missing: install busybox-static (`cargo xtask setup`)");
+    }
+    if let Err(e) = std::fs::create_dir_all(image_dir) {
+        bail!(
+            "cannot create the image store {}: {e} (the default needs root; or pass --image-dir)",
+            image_dir.display()
+        );
+    }
+    let root = root();
+    let triple = format!("{}-unknown-linux-gnu", env::consts::ARCH);
+    // Its own target dir: different RUSTFLAGS must not invalidate the workspace's build.
+    let target_dir = root.join("target/images");
+    eprintln!("xtask images: building keel-echo (static, release)");
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=debuginfo")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["build", "--release", "-p", "keel-echo", "--target", &triple])
+        .arg("--target-dir")
+        .arg(&target_dir))?;
+    let echo = target_dir.join(&triple).join("release/keel-echo");
+    eprintln!("xtask images: building keel-agent (release), which writes the image layouts");
+    run(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "keel-agent",
+        "--bin",
+        "keel-agent",
+    ]))?;
+    run(Command::new(root.join("target/release/keel-agent"))
+        .arg("images")
+        .arg("--image-dir")
+        .arg(image_dir)
+        .arg("--echo-binary")
+        .arg(&echo))?;
+    eprintln!("xtask images: done ({})", image_dir.display());
+    Ok(())
 }

@@ -9,10 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::patch::{self, PatchType};
+use super::proxy::{self, NodeClient};
 use super::registry::Resource;
 use super::request::{self, Body, BodyFormat, Output, Query, Route, Target};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -39,6 +41,8 @@ pub struct Handler {
     pub api: Arc<Api>,
     /// `host:port` clients reach this server at (legacy discovery's serverAddress).
     pub server_address: String,
+    /// Connects to node agents for `pods/log` and `pods/exec`.
+    pub nodes: Arc<NodeClient>,
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -156,13 +160,15 @@ fn list_params(res: &Resource, query: &Query) -> ApiResult<ListParams> {
 }
 
 impl Handler {
-    /// Serves any `/api` or `/apis` request.
+    /// Serves any `/api` or `/apis` request; `upgrade` is the connection's upgrade handle
+    /// (for `pods/exec` WebSockets).
     pub async fn handle(
         &self,
         method: Method,
         uri: &axum::http::Uri,
         headers: &HeaderMap,
         body: HttpBody,
+        upgrade: Option<OnUpgrade>,
     ) -> Response {
         let path = uri.path();
         let query = Query::parse(uri.query());
@@ -177,6 +183,22 @@ impl Handler {
                     None => target.resource.plural.to_string(),
                 };
                 let verb = resource_verb(&method, &target, &query);
+                if target.resource.kind == "Pod"
+                    && let (Some(ns), Some(name), Some(sub @ ("log" | "exec"))) = (
+                        target.namespace.as_deref(),
+                        target.name.as_deref(),
+                        target.subresource.as_deref(),
+                    )
+                {
+                    let response = match self
+                        .stream(&method, sub, ns, name, &query, headers, upgrade)
+                        .await
+                    {
+                        Ok(response) => response,
+                        Err(e) => e.into_response(),
+                    };
+                    return with_info(response, verb, resource);
+                }
                 let response = match self.resource(method, target, &query, headers, body).await {
                     Ok(response) => response,
                     Err(e) => e.into_response(),
@@ -191,6 +213,38 @@ impl Handler {
                 };
                 with_info(response, "GET", String::new())
             }
+        }
+    }
+
+    /// `pods/log` (GET) and `pods/exec` (GET with a WebSocket upgrade, or POST for SPDY),
+    /// proxied to the pod's node agent.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &self,
+        method: &Method,
+        sub: &str,
+        ns: &str,
+        name: &str,
+        query: &Query,
+        headers: &HeaderMap,
+        upgrade: Option<OnUpgrade>,
+    ) -> ApiResult<Response> {
+        match (sub, method) {
+            ("log", &Method::GET) => proxy::logs(&self.api, &self.nodes, ns, name, query).await,
+            ("exec", &Method::GET | &Method::POST) => {
+                proxy::exec(
+                    &self.api,
+                    &self.nodes,
+                    method,
+                    ns,
+                    name,
+                    query,
+                    headers,
+                    upgrade,
+                )
+                .await
+            }
+            _ => Err(ApiError::method_not_allowed(method.as_str())),
         }
     }
 

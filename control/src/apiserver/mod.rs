@@ -9,6 +9,7 @@
 //! - [`discovery`], [`openapi`]: discovery documents, `/version`, OpenAPI v3.
 //! - [`allocator`]: Service ClusterIPs and NodePorts; [`namespaces`]: namespace lifecycle.
 //! - [`status`]: API errors as `Status` objects; [`protobuf`]: protobuf request bodies.
+//! - [`proxy`]: `pods/log` and `pods/exec` proxied to the node agent running the pod.
 //! - [`patch`], [`validation`], [`defaults`]: patch application, validation, defaulting.
 pub mod allocator;
 pub mod defaults;
@@ -20,6 +21,7 @@ pub mod patch;
 pub mod protobuf;
 #[rustfmt::skip] // generated (control/tools/protobuf_schema.py): one line per field
 pub mod protobuf_schema;
+pub mod proxy;
 pub mod registry;
 pub mod request;
 pub mod selectors;

@@ -92,6 +92,17 @@ pub static RESOURCES: &[Resource] = &[
                 response: ("", "v1", "Binding"),
                 verbs: &["create"],
             },
+            // Streamed from the node agent (see `proxy`).
+            Subresource {
+                name: "exec",
+                response: ("", "v1", "PodExecOptions"),
+                verbs: &["create", "get"],
+            },
+            Subresource {
+                name: "log",
+                response: ("", "v1", "Pod"),
+                verbs: &["get"],
+            },
             status_of("", "v1", "Pod"),
         ],
         has_generation: true,

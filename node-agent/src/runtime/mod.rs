@@ -9,6 +9,7 @@
 //!
 //! Every runtime keeps its own state on disk so a restarted agent finds (and adopts) what it
 //! left running: `list_sandboxes` and `list_containers` report it.
+pub mod process;
 pub mod types;
 
 use std::path::PathBuf;

@@ -65,6 +65,10 @@ pub struct Stats {
     pub bind_errors: u64,
 }
 
+static TMP_N: AtomicU64 = AtomicU64::new(0);
+static TMP_BIND: AtomicU64 = AtomicU64::new(0);
+static TMP_WAIT: AtomicU64 = AtomicU64::new(0);
+
 pub static METRICS: Metrics = Metrics {
     scheduled: AtomicU64::new(0),
     failed_attempts: AtomicU64::new(0),
@@ -364,9 +368,11 @@ impl Scheduler {
                 self.state.queue().delete(&popped.key);
                 continue;
             };
+            let tw = Instant::now();
             let Ok(permit) = self.binds.clone().acquire_owned().await else {
                 return;
             };
+            TMP_WAIT.fetch_add(tw.elapsed().as_micros() as u64, Ordering::Relaxed);
             let outcome = cycle::schedule_one(
                 &mut self.state.cache(),
                 &popped.key,
@@ -437,7 +443,14 @@ impl Scheduler {
     ) {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or("");
-        match self.ctx.client.bind(namespace, name, &node).await {
+        let tb = Instant::now();
+        let result = self.ctx.client.bind(namespace, name, &node).await;
+        let n = TMP_N.fetch_add(1, Ordering::Relaxed) + 1;
+        TMP_BIND.fetch_add(tb.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if n % 250 == 0 {
+            eprintln!("TMP binds={n} avg_bind_ms={:.1} permit_wait_total_ms={} t={:?}", TMP_BIND.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0, TMP_WAIT.load(Ordering::Relaxed) / 1000, std::time::SystemTime::now());
+        }
+        match result {
             Ok(()) => {
                 METRICS.scheduled.fetch_add(1, Ordering::Relaxed);
                 self.events.normal(
@@ -633,5 +646,201 @@ mod tests {
         );
         let mut bound_meanwhile = bound(pod("b", 0, 0, None), "n1");
         assert!(!mark_unschedulable(&mut bound_meanwhile, "x"));
+    }
+}
+
+#[cfg(test)]
+mod api_tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::cache::tests::{node, pod};
+    use super::*;
+    use crate::apiserver::allocator::ServiceAllocator;
+    use crate::apiserver::storage::Api;
+    use crate::controllers::ControllerConfig;
+    use crate::store::embedded::EmbeddedStore;
+
+    pub(super) struct World {
+        pub ctx: Arc<Context>,
+        _tasks: JoinSet<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    pub(super) async fn world() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let api = Api::new(Arc::new(store), ServiceAllocator::new("10.96.0.0/12".parse().unwrap()));
+        api.bootstrap().await.unwrap();
+        let ctx = Context::new(api, ControllerConfig::new("10.244.0.0/16".parse().unwrap()));
+        let mut tasks = JoinSet::new();
+        start(&ctx, &mut tasks);
+        ctx.run_informers(&mut tasks);
+        World {
+            ctx,
+            _tasks: tasks,
+            _dir: dir,
+        }
+    }
+
+    /// Registers a Ready node (status written through the status subresource).
+    pub(super) async fn add_node(ctx: &Context, node: Node) {
+        let name = node.metadata.name.clone().unwrap();
+        let status = node.status.clone();
+        ctx.client.create(&node).await.unwrap();
+        ctx.client
+            .update::<Node, _>(None, &name, Some("status"), |n| {
+                n.status = status.clone();
+                true
+            })
+            .await
+            .unwrap();
+    }
+
+    pub(super) async fn add_pod(ctx: &Context, mut pod: Pod) {
+        pod.metadata.uid = None;
+        pod.metadata.owner_references = None;
+        pod.spec.as_mut().unwrap().containers[0].image = Some("keel.local/echo:a".into());
+        ctx.client.create(&pod).await.unwrap();
+    }
+
+    async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..1000 {
+            if let Some(value) = check() {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn node_of(ctx: &Context, name: &str) -> Option<String> {
+        ctx.pods
+            .get(Some("default"), name)?
+            .spec
+            .as_ref()?
+            .node_name
+            .clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_are_bound_through_the_api_and_unschedulable_ones_say_why() {
+        let world = world().await;
+        let ctx = &world.ctx;
+        add_node(ctx, node("n1", 2000, 4096)).await;
+        add_node(ctx, node("n2", 2000, 4096)).await;
+        for i in 0..4 {
+            add_pod(ctx, pod(&format!("web-{i}"), 500, 256, None)).await;
+        }
+        let placed = eventually("four pods bound", || {
+            (0..4)
+                .map(|i| node_of(ctx, &format!("web-{i}")))
+                .collect::<Option<Vec<String>>>()
+        })
+        .await;
+        // Least-allocated spreads them two and two.
+        assert_eq!(placed.iter().filter(|n| *n == "n1").count(), 2, "{placed:?}");
+
+        let mut picky = pod("picky", 100, 0, None);
+        picky.spec.as_mut().unwrap().node_selector =
+            Some(BTreeMap::from([("disk".to_string(), "ssd".to_string())]));
+        add_pod(ctx, picky).await;
+        let message = eventually("picky marked unschedulable", || {
+            let pod = ctx.pods.get(Some("default"), "picky")?;
+            let condition = pod
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "PodScheduled")?
+                .clone();
+            (condition.status == "False").then_some(condition.message?)
+        })
+        .await;
+        assert_eq!(
+            message,
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+        );
+
+        // Labelling a node lets it run there.
+        ctx.client
+            .update::<Node, _>(None, "n2", None, |n| {
+                n.metadata
+                    .labels
+                    .get_or_insert_default()
+                    .insert("disk".into(), "ssd".into());
+                true
+            })
+            .await
+            .unwrap();
+        let placed = eventually("picky bound", || node_of(ctx, "picky")).await;
+        assert_eq!(placed, "n2");
+        assert!(METRICS.stats().scheduled >= 5);
+    }
+
+    /// Throughput probe (not a test): `cargo test --release -p keel-control tmp_probe -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn tmp_probe_throughput() {
+        let nodes: usize = std::env::var("NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+        let pods: usize = std::env::var("PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(10000);
+        // Pods created before the scheduler starts, as in the benchmark.
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let api = Api::new(Arc::new(store), ServiceAllocator::new("10.96.0.0/12".parse().unwrap()));
+        api.bootstrap().await.unwrap();
+        let client = crate::controllers::client::Client::new(api.clone());
+        let mut creates = JoinSet::new();
+        let sem = Arc::new(Semaphore::new(16));
+        for i in 0..nodes {
+            let (client, sem) = (client.clone(), sem.clone());
+            creates.spawn(async move {
+                let _p = sem.acquire_owned().await.unwrap();
+                let n = node(&format!("node-{i:04}"), 4000, 16384);
+                let status = n.status.clone();
+                client.create(&n).await.unwrap();
+                client
+                    .update::<Node, _>(None, &format!("node-{i:04}"), Some("status"), |x| {
+                        x.status = status.clone();
+                        true
+                    })
+                    .await
+                    .unwrap();
+            });
+        }
+        while creates.join_next().await.is_some() {}
+        for i in 0..pods {
+            let (client, sem) = (client.clone(), sem.clone());
+            creates.spawn(async move {
+                let _p = sem.acquire_owned().await.unwrap();
+                let mut p = pod(&format!("p-{i}"), 10, 16, None);
+                p.metadata = ObjectMeta {
+                    name: p.metadata.name.clone(),
+                    namespace: Some("default".into()),
+                    ..Default::default()
+                };
+                p.spec.as_mut().unwrap().containers[0].image = Some("x".into());
+                client.create(&p).await.unwrap();
+            });
+        }
+        while creates.join_next().await.is_some() {}
+        eprintln!("created {nodes} nodes, {pods} pods");
+        let before = METRICS.stats().scheduled;
+        let t = Instant::now();
+        let ctx = Context::new(api, ControllerConfig::new("10.244.0.0/16".parse().unwrap()));
+        let mut tasks = JoinSet::new();
+        start(&ctx, &mut tasks);
+        ctx.run_informers(&mut tasks);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let s = METRICS.stats();
+            if s.scheduled - before >= pods as u64 {
+                break;
+            }
+        }
+        let el = t.elapsed();
+        eprintln!("{pods} pods bound in {el:?}: {:.0}/s {:?}", pods as f64 / el.as_secs_f64(), METRICS.stats());
     }
 }
