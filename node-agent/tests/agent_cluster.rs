@@ -431,7 +431,7 @@ async fn run_scenario(dirs: &NodeDirs, kubeconfig: &Path) -> Result<()> {
     let host_dir = dirs.path("host");
 
     // --- A web server: env, volumes, probes, preStop.
-    let web = create(
+    create(
         &pods,
         json!({
             "metadata": {"name": "web"},
@@ -678,7 +678,8 @@ async fn run_scenario(dirs: &NodeDirs, kubeconfig: &Path) -> Result<()> {
         },
     )
     .await?;
-    // A status write by the new agent shows it took over; the container is the same one.
+    // Give the new agent time to act on `steady`: it would have restarted it by now if it
+    // hadn't adopted it.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let adopted = pods.get("steady").await?;
     assert_eq!(phase(&adopted), "Running");

@@ -135,9 +135,8 @@ pub struct NodeNetwork {
 ///     Ok(Arc::new(runtime) as Arc<dyn Runtime>)
 /// }));
 /// ```
-pub type RuntimeFactory = Box<
-    dyn FnOnce(NodeNetwork) -> BoxFuture<'static, Result<Arc<dyn Runtime>>> + Send + 'static,
->;
+pub type RuntimeFactory =
+    Box<dyn FnOnce(NodeNetwork) -> BoxFuture<'static, Result<Arc<dyn Runtime>>> + Send + 'static>;
 
 /// Aborts the agent's background tasks when dropped.
 struct Tasks(Vec<JoinHandle<()>>);

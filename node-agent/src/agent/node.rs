@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::client::timed;
+use super::client::{ApiCallError, timed};
 use super::machine::MachineInfo;
 use super::quantity::bytes_quantity;
 use super::status;
@@ -252,6 +252,7 @@ pub async fn register(
     loop {
         match try_register(&api, facts, readiness).await {
             Ok(node) => return Ok(node),
+            Err(e) if !transient(&e) => return Err(e.context("registering the node")),
             Err(e) => {
                 warn!(
                     "registering node {}: {e:#}; retrying in {delay:?}",
@@ -297,6 +298,18 @@ async fn try_register(
         .context("updating the Node status")?;
     info!(node = %facts.name, "adopted the existing node");
     node_ref(&existing)
+}
+
+/// Whether a registration error may go away by itself (server down or busy) rather than
+/// needing the operator (bad credentials, rejected object).
+fn transient(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ApiCallError>() {
+        Some(ApiCallError::Timeout) | None => true,
+        Some(ApiCallError::Api(kube::Error::Api(status))) => {
+            status.code >= 500 || status.code == 429 || status.code == 409
+        }
+        Some(ApiCallError::Api(_)) => true,
+    }
 }
 
 fn node_ref(node: &Node) -> Result<NodeRef> {

@@ -51,7 +51,7 @@ pub fn owned(status: &PodStatus) -> Value {
                     .filter(|c| {
                         c.get("type")
                             .and_then(Value::as_str)
-                            .is_some_and(|t| KUBELET_CONDITIONS.contains(&t))
+                            .is_some_and(|t| KUBELET_CONDITIONS.contains(&t) || t == "PodScheduled")
                     })
                     .cloned()
                     .collect();
@@ -207,7 +207,7 @@ mod tests {
             .iter()
             .map(|c| c["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types, ["Ready"]);
+        assert_eq!(types, ["PodScheduled", "Ready"]);
     }
 
     #[test]

@@ -1116,11 +1116,13 @@ impl PodWorker {
     // -----------------------------------------------------------------------------------
     // Status.
 
+    /// `has_init`: the pod has init containers (containers not created yet then wait in
+    /// `PodInitializing` rather than `ContainerCreating`, as kubelet shows them).
     fn snapshot(
         &self,
         container: &Container,
         attempts: &Attempts,
-        pending_init: bool,
+        has_init: bool,
     ) -> ContainerSnapshot {
         let list = attempts.get(&container.name);
         let current = list.and_then(|l| l.first()).cloned();
@@ -1129,7 +1131,7 @@ impl PodWorker {
             .as_ref()
             .is_some_and(|c| c.state == ContainerState::Running);
         let mut waiting = self.waiting.get(&container.name).cloned();
-        if waiting.is_none() && current.is_none() && pending_init {
+        if waiting.is_none() && current.is_none() && has_init {
             waiting = Some(Waiting::new("PodInitializing", None));
         }
         let (ready, started) = match &current {
@@ -1155,26 +1157,17 @@ impl PodWorker {
         let Some(spec) = self.pod.spec.clone() else {
             return "Pending";
         };
+        let has_init = spec.init_containers.as_ref().is_some_and(|i| !i.is_empty());
         let init_statuses: Vec<_> = spec
             .init_containers
             .iter()
             .flatten()
-            .map(|c| status::container_status(&self.snapshot(c, attempts, false)))
+            .map(|c| status::container_status(&self.snapshot(c, attempts, has_init)))
             .collect();
-        let init_done = spec.init_containers.iter().flatten().all(|c| {
-            let Some(latest) = attempts.get(&c.name).and_then(|a| a.first()) else {
-                return false;
-            };
-            if status::is_sidecar(c) {
-                latest.state == ContainerState::Running
-            } else {
-                is_exited(latest) && exit_code(latest) == 0
-            }
-        });
         let statuses: Vec<_> = spec
             .containers
             .iter()
-            .map(|c| status::container_status(&self.snapshot(c, attempts, !init_done)))
+            .map(|c| status::container_status(&self.snapshot(c, attempts, has_init)))
             .collect();
         let phase = match self.terminal {
             Some(p) => p,
@@ -1205,6 +1198,17 @@ impl PodWorker {
         );
         status::stamp_conditions(&mut conditions, &self.conditions, &status::now());
         self.conditions = conditions.clone();
+        // A pod bound without the scheduler gets PodScheduled from the kubelet, as in
+        // Kubernetes.
+        match others.iter().find(|c| c.type_ == "PodScheduled") {
+            Some(scheduled) => conditions.push(scheduled.clone()),
+            None => conditions.push(PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                last_transition_time: Some(self.start_time.clone()),
+                ..Default::default()
+            }),
+        }
         let host_ip = self.shared.node_ip.to_string();
         let pod_ip = self.pod_ip.map(|ip| ip.to_string());
         let qos = self

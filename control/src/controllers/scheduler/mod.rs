@@ -41,7 +41,7 @@ use queue::{Popped, SchedulingQueue};
 /// The scheduler's name: pods with this `spec.schedulerName` (or none) are ours.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// How many bindings may be in flight at once.
-pub const MAX_BINDS_IN_FLIGHT: usize = 64;
+pub const MAX_BINDS_IN_FLIGHT: usize = 256;
 /// How many PodScheduled condition writes may be in flight at once.
 const MAX_STATUS_WRITES_IN_FLIGHT: usize = 16;
 /// The cycle yields to other tasks after this many pods in a row.

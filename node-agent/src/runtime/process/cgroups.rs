@@ -523,6 +523,71 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(h[0].controllers, ["cpu", "cpuacct"]);
     }
 
+    fn applied(v2: bool, r: &Resources) -> Vec<(String, String)> {
+        let dir = tempfile::tempdir().unwrap();
+        let h = Hierarchy {
+            mount: dir.path().to_path_buf(),
+            controllers: ["memory", "cpu", "pids"].map(String::from).to_vec(),
+            v2,
+        };
+        apply(&h, dir.path(), r).unwrap();
+        let mut out: Vec<(String, String)> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let v = fs::read_to_string(e.path()).unwrap();
+                (e.file_name().to_string_lossy().into_owned(), v)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn limits_are_written_in_each_version_s_files() {
+        let r = Resources {
+            cpu_request_millis: Some(500),
+            cpu_limit_millis: Some(1500),
+            memory_limit_bytes: Some(1 << 20),
+            pids_limit: Some(64),
+        };
+        assert_eq!(
+            applied(false, &r),
+            pairs(&[
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "150000"),
+                ("cpu.shares", "512"),
+                ("memory.limit_in_bytes", "1048576"),
+                ("pids.max", "64"),
+            ])
+        );
+        assert_eq!(
+            applied(true, &r),
+            pairs(&[
+                ("cpu.max", "150000 100000"),
+                ("cpu.weight", "20"),
+                ("memory.max", "1048576"),
+                ("pids.max", "64"),
+            ])
+        );
+        // Unset limits are reset (a cgroup reused by a later attempt keeps nothing old).
+        assert_eq!(
+            applied(true, &Resources::default()),
+            pairs(&[
+                ("cpu.max", "max 100000"),
+                ("cpu.weight", "1"),
+                ("memory.max", "max"),
+                ("pids.max", "max"),
+            ])
+        );
+    }
+
     #[test]
     fn cpu_conversions_follow_the_kubelet() {
         assert_eq!(cpu_shares(None), 2);

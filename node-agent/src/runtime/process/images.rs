@@ -566,7 +566,8 @@ fn unpack_tar(blob: &Path, media_type: &str, dst: &Path) -> Result<()> {
             let dir = safe_dir(dst, rel.parent().unwrap_or(Path::new("")))?;
             let target = dir.join(std::ffi::OsStr::from_bytes(hidden));
             remove_any(&target);
-            mknod(&target, libc::S_IFCHR | 0o000, 0)?;
+            // An overlayfs whiteout: a 0/0 character device with no permissions.
+            mknod(&target, libc::S_IFCHR, 0)?;
             continue;
         }
         let kind = entry.header().entry_type();
@@ -590,9 +591,24 @@ fn unpack_tar(blob: &Path, media_type: &str, dst: &Path) -> Result<()> {
         }
         entry
             .unpack_in(dst)
-            .map_err(|e| sys(format!("unpacking {}", rel.display()), e))?;
+            .map_err(|e| sys(format!("unpacking {}", rel.display()), error_chain(&e)))?;
     }
     Ok(())
+}
+
+/// An error and its sources (the tar crate puts the cause in the source).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// A tar path made relative and free of `..` (None: the root or an escaping path).
@@ -1139,6 +1155,49 @@ mod tests {
             .resolve(&format!("keel.local/test@{}", first.manifest_digest))
             .unwrap();
         assert_eq!(by_digest.lowerdirs, img.lowerdirs);
+    }
+
+    #[test]
+    fn whiteouts_become_overlayfs_whiteouts() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP whiteouts_become_overlayfs_whiteouts: mknod and trusted.* need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in [("a/.wh.gone", ""), ("c/.wh..wh..opq", ""), ("c/kept", "k")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            b.append_data(&mut h, path, data.as_bytes()).unwrap();
+        }
+        let blob = dir.path().join("layer.tar");
+        fs::write(&blob, b.into_inner().unwrap()).unwrap();
+        let out = dir.path().join("out");
+        unpack_tar(&blob, "application/vnd.oci.image.layer.v1.tar", &out).unwrap();
+        let m = fs::symlink_metadata(out.join("a/gone")).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(m.file_type().is_char_device());
+        assert_eq!(m.rdev(), 0);
+        let mut v = [0u8; 4];
+        let c = cpath(&out.join("c")).unwrap();
+        // SAFETY: valid path and attribute name, and a buffer of the given size.
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                v.as_mut_ptr().cast(),
+                v.len(),
+            )
+        };
+        assert_eq!(n, 1);
+        assert_eq!(v[0], b'y');
+        assert_eq!(fs::read_to_string(out.join("c/kept")).unwrap(), "k");
+        assert!(!out.join("a/.wh.gone").exists());
     }
 
     #[test]

@@ -262,10 +262,14 @@ impl ProcessRuntime {
             })
             .unwrap_or_default();
         if let Some(s) = sandbox {
+            // Ids start with the sandbox id (cheap filter), the spec tells for sure.
+            let prefix = format!("{s}-");
             out.retain(|id| {
-                self.container_dir(id)
-                    .read_spec()
-                    .is_ok_and(|spec| spec.sandbox == s)
+                id.starts_with(&prefix)
+                    && self
+                        .container_dir(id)
+                        .read_spec()
+                        .is_ok_and(|spec| spec.sandbox == s)
             });
         }
         out.sort();
