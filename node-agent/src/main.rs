@@ -127,6 +127,20 @@ struct RunArgs {
     /// The Node's pod capacity.
     #[arg(long, default_value_t = agent::DEFAULT_MAX_PODS)]
     max_pods: u32,
+    /// CA of the control plane's client certificate (`<control data-dir>/ca.crt`): only it may
+    /// use the streaming endpoint. Without it, `kubectl logs`/`exec` are not served.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Program the eBPF Service datapath (`--datapath=false` leaves Services to someone else).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    datapath: bool,
+    /// Directory on bpffs for the datapath's pinned maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Node devices where NodePorts answer traffic from outside (repeatable; default: the
+    /// default-route device).
+    #[arg(long)]
+    node_device: Vec<String>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -192,19 +206,72 @@ fn run_agent(args: RunArgs) -> Result<()> {
         cgroup_parent: config.cgroup_parent.clone(),
         pod_cidr: ipnet::Ipv4Net::default(),
     };
+    let services = (
+        config.kubeconfig.clone(),
+        config.root_dir.clone(),
+        config.streaming_port,
+        args.client_ca,
+        args.datapath,
+        args.pin_dir,
+        args.node_device,
+        config.cgroup_parent.clone(),
+    );
     let factory: RuntimeFactory = Box::new(move |network| {
         Box::pin(async move {
-            let runtime = ProcessRuntime::new(ProcessConfig {
-                pod_cidr: network.pod_cidr,
-                ..process
-            })
+            let runtime: Arc<dyn Runtime> = Arc::new(
+                ProcessRuntime::new(ProcessConfig {
+                    pod_cidr: network.pod_cidr,
+                    ..process
+                })
+                .await?,
+            );
+            let (kubeconfig, root_dir, streaming_port, client_ca, datapath, pin_dir, mut node_devices, cgroup_parent) =
+                services;
+            if node_devices.is_empty()
+                && let Some(dev) = default_route_device()
+            {
+                node_devices.push(dev);
+            }
+            let unified = if std::path::Path::new("/sys/fs/cgroup/unified").is_dir() {
+                PathBuf::from("/sys/fs/cgroup/unified")
+            } else {
+                PathBuf::from("/sys/fs/cgroup")
+            };
+            let proxy = datapath.then(|| keel_agent::proxy::ProxyConfig {
+                pin_dir,
+                node_name: network.node_name.clone(),
+                cgroup: unified.join(&cgroup_parent),
+                node_devices,
+                node_addresses: vec![network.node_ip],
+            });
+            keel_agent::node_services::start(
+                keel_agent::node_services::NodeServicesConfig {
+                    node_name: network.node_name.clone(),
+                    node_ip: network.node_ip,
+                    kubeconfig,
+                    root_dir,
+                    streaming_port,
+                    client_ca,
+                    proxy,
+                },
+                runtime.clone(),
+            )
             .await?;
-            Ok(Arc::new(runtime) as Arc<dyn Runtime>)
+            Ok(runtime)
         })
     });
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(agent::run(config, factory))
+}
+
+/// The device of the default IPv4 route (from /proc/net/route).
+fn default_route_device() -> Option<String> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    routes.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"00000000")).then(|| fields[0].to_string())
+    })
 }
 
 fn read_manifest(path: &PathBuf) -> Result<manifest::DatapathObjects> {
