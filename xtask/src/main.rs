@@ -8,6 +8,8 @@
 //! - `bench sched`: the scheduler's throughput and a Deployment rollout on hollow nodes.
 //! - `demo`: the single-node datapath demo.
 //! - `images`: build the local OCI images (keel.local/busybox, keel.local/echo) the agent runs.
+mod cluster;
+
 use std::{
     env,
     path::{Path, PathBuf},
@@ -50,6 +52,16 @@ enum Task {
     },
     /// Single-node demo: backends in network namespaces behind a ClusterIP and a NodePort (root).
     Demo,
+    /// Start a local single-node cluster in the background (keel-control on 127.0.0.1:6443 with
+    /// the embedded store, one keel-agent) and wait until the node is Ready; prints
+    /// `export KUBECONFIG=...` last (root).
+    Up {
+        /// Extra node devices where NodePorts answer (besides the default-route device).
+        #[arg(long)]
+        node_device: Vec<String>,
+    },
+    /// Stop the local cluster and remove everything it created (root).
+    Down,
     /// Build the local OCI images keel.local/busybox:latest and keel.local/echo:latest into the
     /// agent's image store (root for the default directory).
     Images {
@@ -105,6 +117,8 @@ fn main() {
         Task::Bench { args } => bench(&args),
         Task::Demo => demo(),
         Task::Images { image_dir } => images(&image_dir),
+        Task::Up { node_device } => cluster::up(&node_device),
+        Task::Down => cluster::down(),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

@@ -285,7 +285,6 @@ mod tests {
         let counts: Vec<i64> = cache.nodes().iter().map(|n| n.pod_count).collect();
         assert_eq!(counts.iter().sum::<i64>(), 2000);
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-        eprintln!("spread {min}..{max}");
         assert!(*min >= 1 && *max <= 3, "uneven spread: {min}..{max}");
         let owner = cache.owner_id("rs-1").unwrap();
         assert!(
@@ -293,48 +292,6 @@ mod tests {
                 .nodes()
                 .iter()
                 .all(|n| n.owner_count(owner) as i64 == n.pod_count)
-        );
-    }
-}
-
-#[cfg(test)]
-mod tmp_bench {
-    use super::super::cache::tests::{node, pod};
-    use super::*;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
-    use std::sync::Arc;
-
-    #[test]
-    #[ignore]
-    fn tmp_bench_cycle() {
-        let mut cache = Cache::default();
-        let mut rng = StdRng::seed_from_u64(7);
-        let mut scratch = Scratch::default();
-        for i in 0..1000 {
-            cache.set_node(Arc::new(node(&format!("node-{i:04}"), 32000, 65536)));
-        }
-        let pods: Vec<Pod> = (0..10000)
-            .map(|i| pod(&format!("p-{i}"), 100, 128, Some(&format!("rs-{}", i % 10))))
-            .collect();
-        let t = std::time::Instant::now();
-        for (i, p) in pods.iter().enumerate() {
-            let o = schedule_one(
-                &mut cache,
-                &format!("default/p-{i}"),
-                p,
-                &mut scratch,
-                &mut rng,
-            );
-            assert!(matches!(o, Outcome::Assumed(_)));
-        }
-        let el = t.elapsed();
-        let counts: Vec<i64> = cache.nodes().iter().map(|n| n.pod_count).collect();
-        eprintln!(
-            "10000 pods in {el:?} = {:.0}/s; min {} max {}",
-            10000.0 / el.as_secs_f64(),
-            counts.iter().min().unwrap(),
-            counts.iter().max().unwrap()
         );
     }
 }

@@ -40,7 +40,8 @@ use queue::{Popped, SchedulingQueue};
 
 /// The scheduler's name: pods with this `spec.schedulerName` (or none) are ours.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
-/// How many bindings may be in flight at once.
+/// How many bindings may be in flight at once: as many as the embedded store commits with
+/// one fsync, so the cycle rarely waits for bindings when fsync is slow.
 pub const MAX_BINDS_IN_FLIGHT: usize = 256;
 /// How many PodScheduled condition writes may be in flight at once.
 const MAX_STATUS_WRITES_IN_FLIGHT: usize = 16;
@@ -64,10 +65,6 @@ pub struct Stats {
     /// Bindings the API refused (the pod was bound elsewhere, deleted, ...).
     pub bind_errors: u64,
 }
-
-static TMP_N: AtomicU64 = AtomicU64::new(0);
-static TMP_BIND: AtomicU64 = AtomicU64::new(0);
-static TMP_WAIT: AtomicU64 = AtomicU64::new(0);
 
 pub static METRICS: Metrics = Metrics {
     scheduled: AtomicU64::new(0),
@@ -368,11 +365,9 @@ impl Scheduler {
                 self.state.queue().delete(&popped.key);
                 continue;
             };
-            let tw = Instant::now();
             let Ok(permit) = self.binds.clone().acquire_owned().await else {
                 return;
             };
-            TMP_WAIT.fetch_add(tw.elapsed().as_micros() as u64, Ordering::Relaxed);
             let outcome = cycle::schedule_one(
                 &mut self.state.cache(),
                 &popped.key,
@@ -443,14 +438,7 @@ impl Scheduler {
     ) {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or("");
-        let tb = Instant::now();
-        let result = self.ctx.client.bind(namespace, name, &node).await;
-        let n = TMP_N.fetch_add(1, Ordering::Relaxed) + 1;
-        TMP_BIND.fetch_add(tb.elapsed().as_micros() as u64, Ordering::Relaxed);
-        if n % 250 == 0 {
-            eprintln!("TMP binds={n} avg_bind_ms={:.1} permit_wait_total_ms={} t={:?}", TMP_BIND.load(Ordering::Relaxed) as f64 / n as f64 / 1000.0, TMP_WAIT.load(Ordering::Relaxed) / 1000, std::time::SystemTime::now());
-        }
-        match result {
+        match self.ctx.client.bind(namespace, name, &node).await {
             Ok(()) => {
                 METRICS.scheduled.fetch_add(1, Ordering::Relaxed);
                 self.events.normal(
@@ -653,8 +641,6 @@ mod tests {
 mod api_tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
     use super::cache::tests::{node, pod};
     use super::*;
     use crate::apiserver::allocator::ServiceAllocator;
@@ -662,16 +648,19 @@ mod api_tests {
     use crate::controllers::ControllerConfig;
     use crate::store::embedded::EmbeddedStore;
 
-    pub(super) struct World {
-        pub ctx: Arc<Context>,
+    struct World {
+        ctx: Arc<Context>,
         _tasks: JoinSet<()>,
         _dir: tempfile::TempDir,
     }
 
-    pub(super) async fn world() -> World {
+    async fn world() -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let api = Api::new(Arc::new(store), ServiceAllocator::new("10.96.0.0/12".parse().unwrap()));
+        let api = Api::new(
+            Arc::new(store),
+            ServiceAllocator::new("10.96.0.0/12".parse().unwrap()),
+        );
         api.bootstrap().await.unwrap();
         let ctx = Context::new(api, ControllerConfig::new("10.244.0.0/16".parse().unwrap()));
         let mut tasks = JoinSet::new();
@@ -685,7 +674,7 @@ mod api_tests {
     }
 
     /// Registers a Ready node (status written through the status subresource).
-    pub(super) async fn add_node(ctx: &Context, node: Node) {
+    async fn add_node(ctx: &Context, node: Node) {
         let name = node.metadata.name.clone().unwrap();
         let status = node.status.clone();
         ctx.client.create(&node).await.unwrap();
@@ -698,7 +687,7 @@ mod api_tests {
             .unwrap();
     }
 
-    pub(super) async fn add_pod(ctx: &Context, mut pod: Pod) {
+    async fn add_pod(ctx: &Context, mut pod: Pod) {
         pod.metadata.uid = None;
         pod.metadata.owner_references = None;
         pod.spec.as_mut().unwrap().containers[0].image = Some("keel.local/echo:a".into());
@@ -740,7 +729,11 @@ mod api_tests {
         })
         .await;
         // Least-allocated spreads them two and two.
-        assert_eq!(placed.iter().filter(|n| *n == "n1").count(), 2, "{placed:?}");
+        assert_eq!(
+            placed.iter().filter(|n| *n == "n1").count(),
+            2,
+            "{placed:?}"
+        );
 
         let mut picky = pod("picky", 100, 0, None);
         picky.spec.as_mut().unwrap().node_selector =
@@ -778,69 +771,5 @@ mod api_tests {
         let placed = eventually("picky bound", || node_of(ctx, "picky")).await;
         assert_eq!(placed, "n2");
         assert!(METRICS.stats().scheduled >= 5);
-    }
-
-    /// Throughput probe (not a test): `cargo test --release -p keel-control tmp_probe -- --ignored --nocapture`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn tmp_probe_throughput() {
-        let nodes: usize = std::env::var("NODES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-        let pods: usize = std::env::var("PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(10000);
-        // Pods created before the scheduler starts, as in the benchmark.
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        let api = Api::new(Arc::new(store), ServiceAllocator::new("10.96.0.0/12".parse().unwrap()));
-        api.bootstrap().await.unwrap();
-        let client = crate::controllers::client::Client::new(api.clone());
-        let mut creates = JoinSet::new();
-        let sem = Arc::new(Semaphore::new(16));
-        for i in 0..nodes {
-            let (client, sem) = (client.clone(), sem.clone());
-            creates.spawn(async move {
-                let _p = sem.acquire_owned().await.unwrap();
-                let n = node(&format!("node-{i:04}"), 4000, 16384);
-                let status = n.status.clone();
-                client.create(&n).await.unwrap();
-                client
-                    .update::<Node, _>(None, &format!("node-{i:04}"), Some("status"), |x| {
-                        x.status = status.clone();
-                        true
-                    })
-                    .await
-                    .unwrap();
-            });
-        }
-        while creates.join_next().await.is_some() {}
-        for i in 0..pods {
-            let (client, sem) = (client.clone(), sem.clone());
-            creates.spawn(async move {
-                let _p = sem.acquire_owned().await.unwrap();
-                let mut p = pod(&format!("p-{i}"), 10, 16, None);
-                p.metadata = ObjectMeta {
-                    name: p.metadata.name.clone(),
-                    namespace: Some("default".into()),
-                    ..Default::default()
-                };
-                p.spec.as_mut().unwrap().containers[0].image = Some("x".into());
-                client.create(&p).await.unwrap();
-            });
-        }
-        while creates.join_next().await.is_some() {}
-        eprintln!("created {nodes} nodes, {pods} pods");
-        let before = METRICS.stats().scheduled;
-        let t = Instant::now();
-        let ctx = Context::new(api, ControllerConfig::new("10.244.0.0/16".parse().unwrap()));
-        let mut tasks = JoinSet::new();
-        start(&ctx, &mut tasks);
-        ctx.run_informers(&mut tasks);
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let s = METRICS.stats();
-            if s.scheduled - before >= pods as u64 {
-                break;
-            }
-        }
-        let el = t.elapsed();
-        eprintln!("{pods} pods bound in {el:?}: {:.0}/s {:?}", pods as f64 / el.as_secs_f64(), METRICS.stats());
     }
 }
