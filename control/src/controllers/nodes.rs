@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 use super::Context;
 use super::runtime::{self, Change, WorkQueue};
+use super::scheduler::plugins::tolerates;
 use crate::apiserver::storage::DeleteOptions;
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
@@ -82,7 +83,11 @@ pub fn start(ctx: &Arc<Context>, tasks: &mut JoinSet<()>) {
                 && let Some(name) = &new.metadata.name
             {
                 // A renewal of a node that is marked unhealthy: check it now.
-                if c.ctx.nodes.get(None, name).is_some_and(|n| !node_ready(&n) || has_unreachable(&n)) {
+                if c.ctx
+                    .nodes
+                    .get(None, name)
+                    .is_some_and(|n| !node_ready(&n) || has_unreachable(&n))
+                {
                     c.nodes.add(name.clone());
                 }
             }
@@ -92,30 +97,54 @@ pub fn start(ctx: &Arc<Context>, tasks: &mut JoinSet<()>) {
         let c = controller.clone();
         ctx.pods.on_change(move |change| {
             if let Change::Applied { old, new } = change {
-                let node = new.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-                let old_node = old.and_then(|o| o.spec.as_ref().and_then(|s| s.node_name.clone())).unwrap_or_default();
-                if !node.is_empty() && node != old_node && c.ctx.nodes.get(None, &node).is_some_and(|n| !no_execute(&n).is_empty()) {
+                let node = new
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                let old_node = old
+                    .and_then(|o| o.spec.as_ref().and_then(|s| s.node_name.clone()))
+                    .unwrap_or_default();
+                if !node.is_empty()
+                    && node != old_node
+                    && c.ctx
+                        .nodes
+                        .get(None, &node)
+                        .is_some_and(|n| !no_execute(&n).is_empty())
+                {
                     c.pods.add(runtime::key_of(*new));
                 }
             }
         });
     }
     let c = controller.clone();
-    runtime::spawn_workers(tasks, "node-lifecycle", controller.nodes.clone(), 1, move |name| {
-        let c = c.clone();
-        async move {
-            c.ctx.wait_synced().await;
-            c.sync_node(&name).await
-        }
-    });
+    runtime::spawn_workers(
+        tasks,
+        "node-lifecycle",
+        controller.nodes.clone(),
+        1,
+        move |name| {
+            let c = c.clone();
+            async move {
+                c.ctx.wait_synced().await;
+                c.sync_node(&name).await
+            }
+        },
+    );
     let c = controller.clone();
-    runtime::spawn_workers(tasks, "taint-eviction", controller.pods.clone(), 2, move |key| {
-        let c = c.clone();
-        async move {
-            c.ctx.wait_synced().await;
-            c.sync_pod(&key).await
-        }
-    });
+    runtime::spawn_workers(
+        tasks,
+        "taint-eviction",
+        controller.pods.clone(),
+        2,
+        move |key| {
+            let c = c.clone();
+            async move {
+                c.ctx.wait_synced().await;
+                c.sync_pod(&key).await
+            }
+        },
+    );
     // The monitor: every period, check every node's heartbeat.
     let c = controller.clone();
     tasks.spawn(async move {
@@ -141,7 +170,12 @@ fn no_execute(node: &Node) -> Vec<Taint> {
 }
 
 fn condition<'a>(node: &'a Node, type_: &str) -> Option<&'a NodeCondition> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_)
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
 }
 
 fn node_ready(node: &Node) -> bool {
@@ -149,7 +183,10 @@ fn node_ready(node: &Node) -> bool {
 }
 
 fn has_unreachable(node: &Node) -> bool {
-    node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == UNREACHABLE_TAINT))
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == UNREACHABLE_TAINT))
 }
 
 impl Controller {
@@ -172,12 +209,23 @@ impl Controller {
             .ctx
             .leases
             .get(Some(NODE_LEASE_NAMESPACE), &name)
-            .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0.to_string()))
+            .and_then(|l| {
+                l.spec
+                    .as_ref()?
+                    .renew_time
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+            })
             .unwrap_or_default();
         let ready_heartbeat = condition(node, "Ready")
             .and_then(|c| c.last_heartbeat_time.as_ref().map(|t| t.0.to_string()))
             .unwrap_or_default();
-        let created = node.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        let created = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
         let heartbeat = format!("{lease}|{ready_heartbeat}|{created}");
         let mut health = self.lock_health();
         let entry = health.entry(name).or_insert_with(|| Health {
@@ -195,7 +243,12 @@ impl Controller {
         let Some(node) = self.ctx.nodes.get(None, name) else {
             return Ok(None);
         };
-        if node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_none_or(str::is_empty) {
+        if node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .is_none_or(str::is_empty)
+        {
             self.assign_cidr(&node).await?;
         }
         let grace = self.ctx.config.node_monitor_grace_period;
@@ -228,7 +281,10 @@ impl Controller {
                 let status = n.status.get_or_insert_with(Default::default);
                 let conditions = status.conditions.get_or_insert_with(Vec::new);
                 if !conditions.iter().any(|c| c.type_ == "Ready") {
-                    conditions.push(NodeCondition { type_: "Ready".into(), ..Default::default() });
+                    conditions.push(NodeCondition {
+                        type_: "Ready".into(),
+                        ..Default::default()
+                    });
                 }
                 let mut changed = false;
                 for c in conditions.iter_mut() {
@@ -245,11 +301,21 @@ impl Controller {
             .await;
         match result {
             Ok(Some(updated)) => {
-                tracing::warn!(node = name, "node stopped posting status; marking it NotReady");
-                self.ctx.events.normal(&updated, "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
+                tracing::warn!(
+                    node = name,
+                    "node stopped posting status; marking it NotReady"
+                );
+                self.ctx.events.normal(
+                    &updated,
+                    "NodeNotReady",
+                    format!("Node {name} status is now: NodeNotReady"),
+                );
                 for pod in self.ctx.pods.list() {
-                    if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()) {
-                        self.ctx.events.warning(pod.as_ref(), "NodeNotReady", "Node is not ready");
+                    if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                    {
+                        self.ctx
+                            .events
+                            .warning(pod.as_ref(), "NodeNotReady", "Node is not ready");
                     }
                 }
                 Ok(())
@@ -262,11 +328,20 @@ impl Controller {
 
     /// Keeps exactly the wanted condition taint (NoSchedule and NoExecute) on the node.
     async fn set_taints(&self, node: &Node, want: Option<&'static str>) -> anyhow::Result<()> {
-        let current: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let current: Vec<Taint> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         let managed = |t: &Taint| t.key == UNREACHABLE_TAINT || t.key == NOT_READY_TAINT;
-        let has = |key: &str, effect: &str| current.iter().any(|t| t.key == key && t.effect == effect);
+        let has =
+            |key: &str, effect: &str| current.iter().any(|t| t.key == key && t.effect == effect);
         let up_to_date = match want {
-            Some(key) => has(key, "NoSchedule") && has(key, "NoExecute") && current.iter().filter(|t| managed(t)).count() == 2,
+            Some(key) => {
+                has(key, "NoSchedule")
+                    && has(key, "NoExecute")
+                    && current.iter().filter(|t| managed(t)).count() == 2
+            }
             None => !current.iter().any(managed),
         };
         if up_to_date {
@@ -320,9 +395,20 @@ impl Controller {
                 .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok())
                 .collect();
             reserved.retain(|c| !used.contains(c));
-            let Some(cidr) = next_free_cidr(self.ctx.config.cluster_cidr, self.ctx.config.node_cidr_mask_size, |c| used.contains(c) || reserved.contains(c)) else {
-                self.ctx.events.warning(node, "CIDRNotAvailable", format!("Node {name} status is now: CIDRNotAvailable"));
-                anyhow::bail!("no pod CIDR left in {} for node {name}", self.ctx.config.cluster_cidr);
+            let Some(cidr) = next_free_cidr(
+                self.ctx.config.cluster_cidr,
+                self.ctx.config.node_cidr_mask_size,
+                |c| used.contains(c) || reserved.contains(c),
+            ) else {
+                self.ctx.events.warning(
+                    node,
+                    "CIDRNotAvailable",
+                    format!("Node {name} status is now: CIDRNotAvailable"),
+                );
+                anyhow::bail!(
+                    "no pod CIDR left in {} for node {name}",
+                    self.ctx.config.cluster_cidr
+                );
             };
             reserved.insert(cidr);
             cidr
@@ -343,15 +429,25 @@ impl Controller {
             .await;
         match result {
             Ok(Some(n)) => {
-                self.ctx.events.normal(&n, "CIDRAssignmentSucceeded", format!("Node {name} got pod CIDR {text}"));
+                self.ctx.events.normal(
+                    &n,
+                    "CIDRAssignmentSucceeded",
+                    format!("Node {name} got pod CIDR {text}"),
+                );
                 Ok(())
             }
             Ok(None) => {
-                self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&cidr);
+                self.reserved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&cidr);
                 Ok(())
             }
             Err(e) => {
-                self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&cidr);
+                self.reserved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&cidr);
                 if e.code == 404 {
                     return Ok(());
                 }
@@ -362,21 +458,37 @@ impl Controller {
 
     /// Evicts a pod from a node with NoExecute taints it does not tolerate (now or later).
     async fn sync_pod(&self, key: &str) -> anyhow::Result<Option<Duration>> {
-        let Some(pod) = self.ctx.pods.get_key(key) else { return Ok(None) };
+        let Some(pod) = self.ctx.pods.get_key(key) else {
+            return Ok(None);
+        };
         if pod.metadata.deletion_timestamp.is_some() {
             return Ok(None);
         }
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        let Some(node) = self.ctx.nodes.get(None, &node_name) else { return Ok(None) };
+        let node_name = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        let Some(node) = self.ctx.nodes.get(None, &node_name) else {
+            return Ok(None);
+        };
         let taints = no_execute(&node);
-        let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
         match eviction_delay(&taints, &tolerations, jiff::Timestamp::now()) {
             None => Ok(None),
             Some(delay) if !delay.is_zero() => Ok(Some(delay)),
             Some(_) => {
                 let (ns, name) = runtime::split_key(key);
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                self.ctx.events.normal(pod.as_ref(), "TaintManagerEviction", format!("Marking for deletion Pod {key}"));
+                self.ctx.events.normal(
+                    pod.as_ref(),
+                    "TaintManagerEviction",
+                    format!("Marking for deletion Pod {key}"),
+                );
                 self.ctx
                     .client
                     .delete_uid::<Pod>(ns, name, &uid, &DeleteOptions::default())
@@ -388,30 +500,17 @@ impl Controller {
     }
 }
 
-/// Whether a toleration tolerates a taint (Kubernetes' `ToleratesTaint`).
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or("");
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => !key.is_empty() && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        _ => false,
-    }
-}
-
 /// When a pod with `tolerations` must leave a node with these NoExecute `taints`: `None`
 /// never, `Some(ZERO)` now, `Some(d)` after `d` (the smallest tolerationSeconds left).
-pub fn eviction_delay(taints: &[Taint], tolerations: &[Toleration], now: jiff::Timestamp) -> Option<Duration> {
+pub fn eviction_delay(
+    taints: &[Taint],
+    tolerations: &[Toleration],
+    now: jiff::Timestamp,
+) -> Option<Duration> {
     let mut delay: Option<Duration> = None;
     for taint in taints {
-        let matching: Vec<&Toleration> = tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let matching: Vec<&Toleration> =
+            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
         if matching.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -419,20 +518,37 @@ pub fn eviction_delay(taints: &[Taint], tolerations: &[Toleration], now: jiff::T
         if matching.iter().any(|t| t.toleration_seconds.is_none()) {
             continue;
         }
-        let seconds = matching.iter().filter_map(|t| t.toleration_seconds).min().unwrap_or(0).max(0);
+        let seconds = matching
+            .iter()
+            .filter_map(|t| t.toleration_seconds)
+            .min()
+            .unwrap_or(0)
+            .max(0);
         let added = taint.time_added.as_ref().map(|t| t.0).unwrap_or(now);
-        let deadline = added.checked_add(jiff::SignedDuration::from_secs(seconds)).unwrap_or(now);
-        let left = if deadline > now { deadline.duration_since(now).unsigned_abs() } else { Duration::ZERO };
+        let deadline = added
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or(now);
+        let left = if deadline > now {
+            deadline.duration_since(now).unsigned_abs()
+        } else {
+            Duration::ZERO
+        };
         delay = Some(delay.map_or(left, |d| d.min(left)));
     }
     delay
 }
 
 /// The first block of `cluster` with this prefix length that `taken` does not reject.
-pub fn next_free_cidr(cluster: Ipv4Net, prefix: u8, taken: impl Fn(&Ipv4Net) -> bool) -> Option<Ipv4Net> {
+pub fn next_free_cidr(
+    cluster: Ipv4Net,
+    prefix: u8,
+    taken: impl Fn(&Ipv4Net) -> bool,
+) -> Option<Ipv4Net> {
     let prefix = prefix.max(cluster.prefix_len());
     let subnets = cluster.subnets(prefix).ok()?;
-    subnets.into_iter().find(|s| !taken(s) && s.network() != Ipv4Addr::UNSPECIFIED)
+    subnets
+        .into_iter()
+        .find(|s| !taken(s) && s.network() != Ipv4Addr::UNSPECIFIED)
 }
 
 #[cfg(test)]
@@ -440,11 +556,22 @@ mod tests {
     use super::*;
 
     fn taint(key: &str, added: i64) -> Taint {
-        Taint { key: key.into(), effect: "NoExecute".into(), time_added: Some(Time(jiff::Timestamp::from_second(added).unwrap())), value: None }
+        Taint {
+            key: key.into(),
+            effect: "NoExecute".into(),
+            time_added: Some(Time(jiff::Timestamp::from_second(added).unwrap())),
+            value: None,
+        }
     }
 
     fn tol(key: &str, seconds: Option<i64>) -> Toleration {
-        Toleration { key: Some(key.into()), operator: Some("Exists".into()), effect: Some("NoExecute".into()), toleration_seconds: seconds, value: None }
+        Toleration {
+            key: Some(key.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            toleration_seconds: seconds,
+            value: None,
+        }
     }
 
     #[test]
@@ -452,22 +579,47 @@ mod tests {
         let now = jiff::Timestamp::from_second(1_000).unwrap();
         let taints = [taint(UNREACHABLE_TAINT, 900)];
         assert_eq!(eviction_delay(&taints, &[], now), Some(Duration::ZERO));
-        assert_eq!(eviction_delay(&taints, &[tol(UNREACHABLE_TAINT, Some(300))], now), Some(Duration::from_secs(200)));
-        assert_eq!(eviction_delay(&taints, &[tol(UNREACHABLE_TAINT, Some(50))], now), Some(Duration::ZERO));
-        assert_eq!(eviction_delay(&taints, &[tol(UNREACHABLE_TAINT, None)], now), None);
+        assert_eq!(
+            eviction_delay(&taints, &[tol(UNREACHABLE_TAINT, Some(300))], now),
+            Some(Duration::from_secs(200))
+        );
+        assert_eq!(
+            eviction_delay(&taints, &[tol(UNREACHABLE_TAINT, Some(50))], now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            eviction_delay(&taints, &[tol(UNREACHABLE_TAINT, None)], now),
+            None
+        );
         assert_eq!(eviction_delay(&[], &[], now), None);
         // An empty key with Exists tolerates everything.
-        let all = Toleration { operator: Some("Exists".into()), ..Default::default() };
+        let all = Toleration {
+            operator: Some("Exists".into()),
+            ..Default::default()
+        };
         assert_eq!(eviction_delay(&taints, &[all], now), None);
     }
 
     #[test]
     fn toleration_matching_follows_kubernetes() {
-        let t = Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), time_added: None };
-        let eq = |v: &str| Toleration { key: Some("k".into()), operator: Some("Equal".into()), value: Some(v.into()), ..Default::default() };
+        let t = Taint {
+            key: "k".into(),
+            value: Some("v".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        };
+        let eq = |v: &str| Toleration {
+            key: Some("k".into()),
+            operator: Some("Equal".into()),
+            value: Some(v.into()),
+            ..Default::default()
+        };
         assert!(tolerates(&eq("v"), &t));
         assert!(!tolerates(&eq("w"), &t));
-        let wrong_effect = Toleration { effect: Some("NoExecute".into()), ..eq("v") };
+        let wrong_effect = Toleration {
+            effect: Some("NoExecute".into()),
+            ..eq("v")
+        };
         assert!(!tolerates(&wrong_effect, &t));
     }
 

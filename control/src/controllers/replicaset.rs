@@ -48,7 +48,9 @@ impl Expectations {
     pub fn satisfied(&self, key: &str) -> bool {
         match self.lock().get(key) {
             None => true,
-            Some(e) => (e.adds <= 0 && e.deletes.is_empty()) || e.since.elapsed() > EXPECTATIONS_TIMEOUT,
+            Some(e) => {
+                (e.adds <= 0 && e.deletes.is_empty()) || e.since.elapsed() > EXPECTATIONS_TIMEOUT
+            }
         }
     }
 
@@ -109,13 +111,19 @@ pub fn start(ctx: &Arc<Context>, tasks: &mut JoinSet<()>) {
         ctx.pods.on_change(move |change| c.pod_changed(change));
     }
     let c = controller.clone();
-    runtime::spawn_workers(tasks, "replicaset", controller.queue.clone(), WORKERS, move |key| {
-        let c = c.clone();
-        async move {
-            c.ctx.wait_synced().await;
-            c.sync(&key).await
-        }
-    });
+    runtime::spawn_workers(
+        tasks,
+        "replicaset",
+        controller.queue.clone(),
+        WORKERS,
+        move |key| {
+            let c = c.clone();
+            async move {
+                c.ctx.wait_synced().await;
+                c.sync(&key).await
+            }
+        },
+    );
 }
 
 /// Whether a pod counts towards its ReplicaSet (not terminating, not finished).
@@ -168,7 +176,8 @@ impl Controller {
         }
         let ns = pod.metadata.namespace.as_deref();
         let rs = self.ctx.replica_sets.get(ns, &owner.name)?;
-        (rs.metadata.uid.as_deref() == Some(owner.uid.as_str())).then(|| runtime::key(ns, &owner.name))
+        (rs.metadata.uid.as_deref() == Some(owner.uid.as_str()))
+            .then(|| runtime::key(ns, &owner.name))
     }
 
     /// ReplicaSets in the pod's namespace whose selector matches it (adoption candidates).
@@ -194,7 +203,8 @@ impl Controller {
                 if new.metadata.deletion_timestamp.is_some() {
                     // A restart saw a terminating pod: treat it as already deleted.
                     if let Some(key) = self.owner_key(new) {
-                        self.expectations.deletion_observed(&key, &runtime::key_of(*new));
+                        self.expectations
+                            .deletion_observed(&key, &runtime::key_of(*new));
                         self.queue.add(key);
                     }
                     return;
@@ -212,7 +222,10 @@ impl Controller {
                     None => {}
                 }
             }
-            Change::Applied { old: Some(old), new } => {
+            Change::Applied {
+                old: Some(old),
+                new,
+            } => {
                 if old.metadata.resource_version == new.metadata.resource_version {
                     return;
                 }
@@ -238,9 +251,16 @@ impl Controller {
                             && pod_is_ready(new)
                             && let Some(rs) = self.ctx.replica_sets.get_key(&key)
                         {
-                            let min_ready = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+                            let min_ready = rs
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.min_ready_seconds)
+                                .unwrap_or(0);
                             if min_ready > 0 {
-                                self.queue.add_after(key.clone(), Duration::from_secs(min_ready as u64 + 1));
+                                self.queue.add_after(
+                                    key.clone(),
+                                    Duration::from_secs(min_ready as u64 + 1),
+                                );
                             }
                         }
                         self.queue.add(key);
@@ -257,7 +277,8 @@ impl Controller {
             }
             Change::Deleted(old) => {
                 if let Some(key) = self.owner_key(old) {
-                    self.expectations.deletion_observed(&key, &runtime::key_of(*old));
+                    self.expectations
+                        .deletion_observed(&key, &runtime::key_of(*old));
                     self.queue.add(key);
                 }
             }
@@ -273,7 +294,10 @@ impl Controller {
             return Ok(None);
         };
         if selector_is_empty(&spec.selector) {
-            tracing::warn!(replicaset = key, "ignoring a ReplicaSet with an empty selector");
+            tracing::warn!(
+                replicaset = key,
+                "ignoring a ReplicaSet with an empty selector"
+            );
             return Ok(None);
         }
         let namespace = rs.metadata.namespace.clone().unwrap_or_default();
@@ -307,7 +331,9 @@ impl Controller {
             failure = self.manage_replicas(key, &rs, &active).await.err();
         }
 
-        let requeue = self.update_status(&rs, &owned, &active, failure.as_ref()).await?;
+        let requeue = self
+            .update_status(&rs, &owned, &active, failure.as_ref())
+            .await?;
         match failure {
             Some(e) => Err(e),
             None => Ok(requeue),
@@ -320,7 +346,12 @@ impl Controller {
         rs: &ReplicaSet,
         active: &[Arc<Pod>],
     ) -> anyhow::Result<()> {
-        let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
+        let wanted = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize;
         if active.len() < wanted {
             let count = (wanted - active.len()).min(BURST_REPLICAS);
             self.expectations.expect(key, count as i64, []);
@@ -330,16 +361,18 @@ impl Controller {
             let mut batch = 1;
             while created < count {
                 let n = batch.min(count - created);
-                let results = futures::future::join_all(
-                    (0..n).map(|_| self.ctx.client.create(&pod)),
-                )
-                .await;
+                let results =
+                    futures::future::join_all((0..n).map(|_| self.ctx.client.create(&pod))).await;
                 let mut failed = None;
                 for result in results {
                     match result {
                         Ok(p) => {
                             let name = p.metadata.name.clone().unwrap_or_default();
-                            self.ctx.events.normal(rs, "SuccessfulCreate", format!("Created pod: {name}"));
+                            self.ctx.events.normal(
+                                rs,
+                                "SuccessfulCreate",
+                                format!("Created pod: {name}"),
+                            );
                         }
                         Err(e) => {
                             self.expectations.creation_observed(key);
@@ -353,7 +386,11 @@ impl Controller {
                     for _ in created..count {
                         self.expectations.creation_observed(key);
                     }
-                    self.ctx.events.warning(rs, "FailedCreate", format!("Error creating: {}", e.message));
+                    self.ctx.events.warning(
+                        rs,
+                        "FailedCreate",
+                        format!("Error creating: {}", e.message),
+                    );
                     anyhow::bail!("creating pods: {}", e.message);
                 }
                 batch *= 2;
@@ -361,7 +398,8 @@ impl Controller {
         } else if active.len() > wanted {
             let count = (active.len() - wanted).min(BURST_REPLICAS);
             let victims = pods_to_delete(active, count);
-            self.expectations.expect(key, 0, victims.iter().map(|p| runtime::key_of(p.as_ref())));
+            self.expectations
+                .expect(key, 0, victims.iter().map(|p| runtime::key_of(p.as_ref())));
             let results = futures::future::join_all(victims.iter().map(|pod| {
                 let ns = pod.metadata.namespace.clone();
                 let name = pod.metadata.name.clone().unwrap_or_default();
@@ -379,15 +417,24 @@ impl Controller {
             let mut failed = None;
             for (ns, name, result) in results {
                 match result {
-                    Ok(()) => self.ctx.events.normal(rs, "SuccessfulDelete", format!("Deleted pod: {name}")),
+                    Ok(()) => self.ctx.events.normal(
+                        rs,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {name}"),
+                    ),
                     Err(e) => {
-                        self.expectations.deletion_observed(key, &runtime::key(ns.as_deref(), &name));
+                        self.expectations
+                            .deletion_observed(key, &runtime::key(ns.as_deref(), &name));
                         failed = Some(e);
                     }
                 }
             }
             if let Some(e) = failed {
-                self.ctx.events.warning(rs, "FailedDelete", format!("Error deleting: {}", e.message));
+                self.ctx.events.warning(
+                    rs,
+                    "FailedDelete",
+                    format!("Error deleting: {}", e.message),
+                );
                 anyhow::bail!("deleting pods: {}", e.message);
             }
         }
@@ -397,23 +444,35 @@ impl Controller {
     async fn adopt(&self, rs: &ReplicaSet, pod: &Pod) -> anyhow::Result<Option<Pod>> {
         let reference = owner_reference(rs);
         let rs_uid = reference.uid.clone();
-        let labels = rs.spec.as_ref().map(|s| s.selector.clone()).unwrap_or_default();
+        let labels = rs
+            .spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default();
         let pod_uid = pod.metadata.uid.clone();
         let result = self
             .ctx
             .client
-            .update::<Pod, _>(pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref().unwrap_or(""), None, |p| {
-                // Re-check on the fresh copy: still an orphan, still matching, same pod.
-                if p.metadata.uid != pod_uid
-                    || controller_of(&p.metadata).is_some()
-                    || p.metadata.deletion_timestamp.is_some()
-                    || !selector_matches(&labels, p.metadata.labels.as_ref())
-                {
-                    return false;
-                }
-                p.metadata.owner_references.get_or_insert_with(Vec::new).push(reference.clone());
-                true
-            })
+            .update::<Pod, _>(
+                pod.metadata.namespace.as_deref(),
+                pod.metadata.name.as_deref().unwrap_or(""),
+                None,
+                |p| {
+                    // Re-check on the fresh copy: still an orphan, still matching, same pod.
+                    if p.metadata.uid != pod_uid
+                        || controller_of(&p.metadata).is_some()
+                        || p.metadata.deletion_timestamp.is_some()
+                        || !selector_matches(&labels, p.metadata.labels.as_ref())
+                    {
+                        return false;
+                    }
+                    p.metadata
+                        .owner_references
+                        .get_or_insert_with(Vec::new)
+                        .push(reference.clone());
+                    true
+                },
+            )
             .await;
         match result {
             Ok(adopted) => {
@@ -431,12 +490,19 @@ impl Controller {
         let result = self
             .ctx
             .client
-            .update::<Pod, _>(pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref().unwrap_or(""), None, |p| {
-                let Some(refs) = p.metadata.owner_references.as_mut() else { return false };
-                let before = refs.len();
-                refs.retain(|r| r.uid != uid);
-                refs.len() != before
-            })
+            .update::<Pod, _>(
+                pod.metadata.namespace.as_deref(),
+                pod.metadata.name.as_deref().unwrap_or(""),
+                None,
+                |p| {
+                    let Some(refs) = p.metadata.owner_references.as_mut() else {
+                        return false;
+                    };
+                    let before = refs.len();
+                    refs.retain(|r| r.uid != uid);
+                    refs.len() != before
+                },
+            )
             .await;
         match result {
             Ok(_) => Ok(()),
@@ -455,7 +521,7 @@ impl Controller {
         let spec = rs.spec.clone().unwrap_or_default();
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = jiff::Timestamp::now();
-        let template_labels = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+        let template_labels = template_labels(rs);
         let mut status = ReplicaSetStatus {
             replicas: active.len() as i32,
             observed_generation: rs.metadata.generation,
@@ -467,14 +533,19 @@ impl Controller {
         let mut requeue = None;
         for pod in active {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
-            if template_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            if template_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+            {
                 fully_labeled += 1;
             }
             if let Some(since) = pod_ready_since(pod) {
                 ready += 1;
                 if pod_is_available(pod, min_ready, now) {
                     available += 1;
-                } else if let Ok(at) = since.checked_add(jiff::SignedDuration::from_secs(min_ready as i64)) {
+                } else if let Ok(at) =
+                    since.checked_add(jiff::SignedDuration::from_secs(min_ready as i64))
+                {
                     let wait = at.duration_since(now).unsigned_abs() + Duration::from_millis(100);
                     requeue = Some(requeue.map_or(wait, |r: Duration| r.min(wait)));
                 }
@@ -483,7 +554,10 @@ impl Controller {
         status.ready_replicas = Some(ready);
         status.available_replicas = Some(available);
         status.fully_labeled_replicas = Some(fully_labeled);
-        let terminating = owned.iter().filter(|p| p.metadata.deletion_timestamp.is_some()).count();
+        let terminating = owned
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+            .count();
         if terminating > 0 {
             status.terminating_replicas = Some(terminating as i32);
         }
@@ -492,7 +566,10 @@ impl Controller {
         match failure {
             Some(e) => {
                 let message = format!("{e:#}");
-                if !conditions.iter().any(|c| c.type_ == "ReplicaFailure" && c.message.as_deref() == Some(&message)) {
+                if !conditions
+                    .iter()
+                    .any(|c| c.type_ == "ReplicaFailure" && c.message.as_deref() == Some(&message))
+                {
                     conditions.retain(|c| c.type_ != "ReplicaFailure");
                     conditions.push(ReplicaSetCondition {
                         type_: "ReplicaFailure".into(),
@@ -539,8 +616,17 @@ fn same_status(a: &ReplicaSetStatus, b: &ReplicaSetStatus) -> bool {
         && n(a.fully_labeled_replicas) == n(b.fully_labeled_replicas)
         && n(a.terminating_replicas) == n(b.terminating_replicas)
         && a.observed_generation == b.observed_generation
-        && a.conditions.as_ref().is_none_or(|c| c.is_empty()) == b.conditions.as_ref().is_none_or(|c| c.is_empty())
-        && a.conditions.iter().flatten().map(|c| (&c.type_, &c.message)).eq(b.conditions.iter().flatten().map(|c| (&c.type_, &c.message)))
+        && a.conditions.as_ref().is_none_or(|c| c.is_empty())
+            == b.conditions.as_ref().is_none_or(|c| c.is_empty())
+        && a.conditions
+            .iter()
+            .flatten()
+            .map(|c| (&c.type_, &c.message))
+            .eq(b
+                .conditions
+                .iter()
+                .flatten()
+                .map(|c| (&c.type_, &c.message)))
 }
 
 /// The controller ownerReference pointing at a ReplicaSet.
@@ -557,7 +643,11 @@ pub fn owner_reference(rs: &ReplicaSet) -> OwnerReference {
 
 /// A new pod from the ReplicaSet's template, named `<rs>-<random>` by the API server.
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
@@ -585,10 +675,21 @@ pub fn pods_to_delete(active: &[Arc<Pod>], count: usize) -> Vec<Arc<Pod>> {
     pods
 }
 
-type Rank = (u8, u8, u8, std::cmp::Reverse<i64>, std::cmp::Reverse<i32>, std::cmp::Reverse<i64>);
+type Rank = (
+    u8,
+    u8,
+    u8,
+    std::cmp::Reverse<i64>,
+    std::cmp::Reverse<i32>,
+    std::cmp::Reverse<i64>,
+);
 
 fn deletion_rank(pod: &Pod) -> Rank {
-    let assigned = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let assigned = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
     let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") | None => 0,
         Some("Unknown") => 1,
@@ -601,7 +702,12 @@ fn deletion_rank(pod: &Pod) -> Rank {
         .and_then(|s| s.container_statuses.as_ref())
         .map(|cs| cs.iter().map(|c| c.restart_count).sum())
         .unwrap_or(0);
-    let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0);
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(0);
     (
         assigned as u8,
         phase,
@@ -628,14 +734,23 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
 
-    fn pod(name: &str, node: Option<&str>, phase: &str, ready_at: Option<i64>, created: i64) -> Arc<Pod> {
+    fn pod(
+        name: &str,
+        node: Option<&str>,
+        phase: &str,
+        ready_at: Option<i64>,
+        created: i64,
+    ) -> Arc<Pod> {
         Arc::new(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 creation_timestamp: Some(Time(jiff::Timestamp::from_second(created).unwrap())),
                 ..Default::default()
             },
-            spec: Some(PodSpec { node_name: node.map(str::to_string), ..Default::default() }),
+            spec: Some(PodSpec {
+                node_name: node.map(str::to_string),
+                ..Default::default()
+            }),
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 conditions: ready_at.map(|t| {
@@ -659,8 +774,14 @@ mod tests {
             pod("not-ready", Some("n1"), "Running", None, 5),
             pod("unscheduled", None, "Pending", None, 1),
         ];
-        let order: Vec<String> = pods_to_delete(&pods, 4).iter().map(|p| p.metadata.name.clone().unwrap()).collect();
-        assert_eq!(order, ["unscheduled", "not-ready", "young-ready", "old-ready"]);
+        let order: Vec<String> = pods_to_delete(&pods, 4)
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            order,
+            ["unscheduled", "not-ready", "young-ready", "old-ready"]
+        );
         assert_eq!(pods_to_delete(&pods, 1).len(), 1);
     }
 
@@ -671,7 +792,11 @@ mod tests {
         assert!(pod_is_available(&p, 0, at(1000)));
         assert!(!pod_is_available(&p, 10, at(1005)));
         assert!(pod_is_available(&p, 10, at(1010)));
-        assert!(!pod_is_available(&pod("q", None, "Pending", None, 1), 0, at(2000)));
+        assert!(!pod_is_available(
+            &pod("q", None, "Pending", None, 1),
+            0,
+            at(2000)
+        ));
     }
 
     #[test]
@@ -690,7 +815,12 @@ mod tests {
     #[test]
     fn template_pods_are_owned_and_generated() {
         let rs = ReplicaSet {
-            metadata: ObjectMeta { name: Some("web-abc".into()), namespace: Some("ns".into()), uid: Some("u1".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web-abc".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u1".into()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let p = pod_from_template(&rs);
