@@ -951,7 +951,9 @@ async fn pods_bind_and_terminate_gracefully() {
             .any(|t| t["key"] == "node.kubernetes.io/not-ready" && t["tolerationSeconds"] == 300)
     );
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
-    let first = cluster.post(&format!("{base}/p/binding"), binding.clone()).await;
+    let first = cluster
+        .post(&format!("{base}/p/binding"), binding.clone())
+        .await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
     assert_status(
         &cluster.post(&format!("{base}/p/binding"), binding).await,

@@ -18,7 +18,11 @@ fn control_bin() -> PathBuf {
     }
     // target/<profile>/deps/leader_election-HASH -> target/<profile>/keel-control
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("keel-control");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("keel-control");
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p keel-control` (`cargo xtask test` does) or set KEEL_CONTROL_BIN",
@@ -35,14 +39,23 @@ struct ControlPlane {
 
 fn start_control(etcd: &str, data_dir: &std::path::Path, identity: &str) -> ControlPlane {
     let mut cmd = Command::new(control_bin());
-    cmd.args(["--listen", "127.0.0.1:0", "--store", "etcd", "--etcd-endpoints", etcd, "--etcd-prefix", "/keel-ha"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--leader-identity", identity])
-        .env("RUST_LOG", "warn,keel_control::controllers::leader=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        etcd,
+        "--etcd-prefix",
+        "/keel-ha",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .args(["--leader-identity", identity])
+    .env("RUST_LOG", "warn,keel_control::controllers::leader=info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     let mut process = process::spawn(cmd).expect("keel-control starts");
     let lines = process.stdout_lines().expect("stdout");
     let mut url = None;
@@ -70,11 +83,24 @@ struct Api {
 
 impl Api {
     async fn get(&self, base: &str, path: &str) -> Option<Value> {
-        let reply = self.client.get(format!("{base}{path}")).bearer_auth(&self.token).send().await.ok()?;
+        let reply = self
+            .client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?;
         reply.json().await.ok()
     }
 
-    async fn send(&self, method: reqwest::Method, base: &str, path: &str, body: Value, content_type: &str) -> reqwest::StatusCode {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        base: &str,
+        path: &str,
+        body: Value,
+        content_type: &str,
+    ) -> reqwest::StatusCode {
         self.client
             .request(method, format!("{base}{path}"))
             .bearer_auth(&self.token)
@@ -87,14 +113,25 @@ impl Api {
     }
 
     async fn holder(&self, base: &str) -> Option<String> {
-        let lease = self.get(base, "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/keel-control").await?;
+        let lease = self
+            .get(
+                base,
+                "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/keel-control",
+            )
+            .await?;
         lease["spec"]["holderIdentity"].as_str().map(str::to_string)
     }
 
     async fn pod_count(&self, base: &str) -> usize {
         self.get(base, "/api/v1/namespaces/default/pods?labelSelector=app=ha")
             .await
-            .and_then(|l| l["items"].as_array().map(|i| i.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).count()))
+            .and_then(|l| {
+                l["items"].as_array().map(|i| {
+                    i.iter()
+                        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                        .count()
+                })
+            })
             .unwrap_or(0)
     }
 }
@@ -106,7 +143,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     start.elapsed()
@@ -124,7 +164,12 @@ async fn the_leader_fails_over_within_15_seconds() {
     let token = std::fs::read_to_string(data.join("admin.token"))
         .or_else(|_| {
             let kubeconfig = std::fs::read_to_string(data.join("admin.kubeconfig"))?;
-            let token = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("token: ")).unwrap_or("").trim_matches('"').to_string();
+            let token = kubeconfig
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("token: "))
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_string();
             Ok::<_, std::io::Error>(token)
         })
         .expect("admin token");
@@ -139,9 +184,18 @@ async fn the_leader_fails_over_within_15_seconds() {
     };
     let mut planes = vec![a, b];
     // One of them leads.
-    wait_until(Duration::from_secs(30), "a leader", || async { api.holder(&planes[0].url).await.is_some() }).await;
-    let leader_id = api.holder(&planes[1].url).await.expect("both servers see the lease");
-    let leader = planes.iter().position(|p| p.identity == leader_id).expect("the holder is one of ours");
+    wait_until(Duration::from_secs(30), "a leader", || async {
+        api.holder(&planes[0].url).await.is_some()
+    })
+    .await;
+    let leader_id = api
+        .holder(&planes[1].url)
+        .await
+        .expect("both servers see the lease");
+    let leader = planes
+        .iter()
+        .position(|p| p.identity == leader_id)
+        .expect("the holder is one of ours");
     let survivor = 1 - leader;
 
     // The controllers work, whichever server takes the write.
@@ -152,20 +206,38 @@ async fn the_leader_fails_over_within_15_seconds() {
                  "template": {"metadata": {"labels": {"app": "ha"}}, "spec": {"containers": [{"name": "c", "image": "keel.local/busybox:latest"}]}}}
     });
     let created = api
-        .send(reqwest::Method::POST, &planes[survivor].url, "/apis/apps/v1/namespaces/default/replicasets", rs, "application/json")
+        .send(
+            reqwest::Method::POST,
+            &planes[survivor].url,
+            "/apis/apps/v1/namespaces/default/replicasets",
+            rs,
+            "application/json",
+        )
         .await;
     assert_eq!(created, 201);
     let survivor_url = planes[survivor].url.clone();
-    wait_until(Duration::from_secs(30), "2 pods from the leader's ReplicaSet controller", || async { api.pod_count(&survivor_url).await == 2 }).await;
+    wait_until(
+        Duration::from_secs(30),
+        "2 pods from the leader's ReplicaSet controller",
+        || async { api.pod_count(&survivor_url).await == 2 },
+    )
+    .await;
 
     // Kill the leader without letting it release the lease.
     planes[leader].process.kill();
-    let took = wait_until(Duration::from_secs(30), "the survivor takes the lease", || async {
-        api.holder(&survivor_url).await.as_deref() == Some(planes[survivor].identity.as_str())
-    })
+    let took = wait_until(
+        Duration::from_secs(30),
+        "the survivor takes the lease",
+        || async {
+            api.holder(&survivor_url).await.as_deref() == Some(planes[survivor].identity.as_str())
+        },
+    )
     .await;
     eprintln!("failover took {took:?}");
-    assert!(took <= Duration::from_secs(15), "failover took {took:?}, more than 15 s");
+    assert!(
+        took <= Duration::from_secs(15),
+        "failover took {took:?}, more than 15 s"
+    );
     // The new leader's controllers act.
     let scaled = api
         .send(
@@ -177,7 +249,12 @@ async fn the_leader_fails_over_within_15_seconds() {
         )
         .await;
     assert_eq!(scaled, 200);
-    wait_until(Duration::from_secs(30), "4 pods after the failover", || async { api.pod_count(&survivor_url).await == 4 }).await;
+    wait_until(
+        Duration::from_secs(30),
+        "4 pods after the failover",
+        || async { api.pod_count(&survivor_url).await == 4 },
+    )
+    .await;
     drop(planes);
     drop(etcd);
 }

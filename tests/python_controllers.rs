@@ -16,8 +16,13 @@ async fn controllers_work_through_the_python_client() {
         "{} is missing: run `cargo xtask setup` (it installs the kubernetes Python client there)",
         py.display()
     );
-    let cluster = Cluster::start(Backend::Embedded).await.expect("keel-control starts");
-    let opts = HollowOptions { termination_delay: Duration::from_secs(2), ..Default::default() };
+    let cluster = Cluster::start(Backend::Embedded)
+        .await
+        .expect("keel-control starts");
+    let opts = HollowOptions {
+        termination_delay: Duration::from_secs(2),
+        ..Default::default()
+    };
     let fleet = HollowFleet::start(cluster.api(), vec!["node-a".into(), "node-b".into()], opts)
         .await
         .expect("hollow nodes register");

@@ -103,7 +103,8 @@ async fn main() -> Result<()> {
                 controllers.identity = identity;
             }
             controllers.node_monitor_grace_period = args.node_monitor_grace_period;
-            controllers.leader.lease_duration = args.leader_lease_duration.max(Duration::from_secs(2));
+            controllers.leader.lease_duration =
+                args.leader_lease_duration.max(Duration::from_secs(2));
             controllers.leader.renew_deadline = controllers.leader.lease_duration * 3 / 4;
             controllers
         }),

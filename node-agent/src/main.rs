@@ -225,8 +225,16 @@ fn run_agent(args: RunArgs) -> Result<()> {
                 })
                 .await?,
             );
-            let (kubeconfig, root_dir, streaming_port, client_ca, datapath, pin_dir, mut node_devices, cgroup_parent) =
-                services;
+            let (
+                kubeconfig,
+                root_dir,
+                streaming_port,
+                client_ca,
+                datapath,
+                pin_dir,
+                mut node_devices,
+                cgroup_parent,
+            ) = services;
             if node_devices.is_empty()
                 && let Some(dev) = default_route_device()
             {

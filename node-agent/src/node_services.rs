@@ -89,7 +89,9 @@ pub async fn start(config: NodeServicesConfig, runtime: Arc<dyn Runtime>) -> Res
         let server = streaming::serve(
             streaming_config,
             runtime.clone(),
-            Arc::new(RuntimeLookup { runtime: runtime.clone() }),
+            Arc::new(RuntimeLookup {
+                runtime: runtime.clone(),
+            }),
         )
         .await
         .context("starting the streaming endpoint")?;
@@ -99,7 +101,11 @@ pub async fn start(config: NodeServicesConfig, runtime: Arc<dyn Runtime>) -> Res
             streaming::SERVING_CERT_ANNOTATION: server.serving_cert_sha256(),
         }}});
         nodes
-            .patch(&config.node_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(
+                &config.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
             .context("publishing the streaming certificate on the Node")?;
         tracing::info!(addr = %server.addr(), "streaming endpoint (logs, exec) started");
@@ -124,13 +130,18 @@ pub async fn start(config: NodeServicesConfig, runtime: Arc<dyn Runtime>) -> Res
             let mut attached: HashSet<String> = HashSet::new();
             loop {
                 if let Ok(sandboxes) = runtime.list_sandboxes().await {
-                    let now: HashSet<String> = sandboxes.iter().filter_map(|s| s.host_veth.clone()).collect();
+                    let now: HashSet<String> = sandboxes
+                        .iter()
+                        .filter_map(|s| s.host_veth.clone())
+                        .collect();
                     for veth in now.difference(&attached.clone()) {
                         match proxy.attach_pod_device(veth) {
                             Ok(()) => {
                                 attached.insert(veth.clone());
                             }
-                            Err(e) => tracing::debug!(veth, error = %format!("{e:#}"), "attaching the datapath to a pod veth (retrying)"),
+                            Err(e) => {
+                                tracing::debug!(veth, error = %format!("{e:#}"), "attaching the datapath to a pod veth (retrying)")
+                            }
                         }
                     }
                     for veth in attached.clone().difference(&now) {

@@ -86,7 +86,10 @@ impl Proxy {
         let changed = Arc::new(Notify::new());
         let services_stream = reflector(
             services_writer,
-            watcher(Api::<Service>::all(client.clone()), watcher::Config::default()),
+            watcher(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff()
         .touched_objects()
@@ -96,7 +99,10 @@ impl Proxy {
         });
         let slices_stream = reflector(
             slices_writer,
-            watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()),
+            watcher(
+                Api::<EndpointSlice>::all(client),
+                watcher::Config::default(),
+            ),
         )
         .default_backoff()
         .touched_objects()
@@ -123,8 +129,12 @@ impl Proxy {
                 })
                 .await;
                 match result {
-                    Ok(Ok(stats)) => tracing::debug!(frontends = stats.frontends, "datapath programmed"),
-                    Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "programming the datapath failed"),
+                    Ok(Ok(stats)) => {
+                        tracing::debug!(frontends = stats.frontends, "datapath programmed")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), "programming the datapath failed")
+                    }
                     Err(e) => tracing::warn!(error = %e, "the datapath task failed"),
                 }
                 changed.notified().await;
@@ -141,7 +151,10 @@ impl Proxy {
     /// Removes the programs and maps (on `keel-agent cleanup`).
     pub fn teardown(self) -> Result<()> {
         match Arc::try_unwrap(self.datapath) {
-            Ok(datapath) => Ok(datapath.into_inner().unwrap_or_else(|e| e.into_inner()).teardown()?),
+            Ok(datapath) => Ok(datapath
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .teardown()?),
             Err(_) => anyhow::bail!("the datapath is still in use"),
         }
     }

@@ -36,7 +36,11 @@ fn alive(pid: i32) -> bool {
 }
 
 fn running(name: &str) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file(name)).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_file(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     alive(pid).then_some(pid)
 }
 
@@ -55,13 +59,19 @@ fn spawn_background(name: &str, cmd: &mut Command) -> Result<i32> {
         .with_context(|| format!("starting {name}"))?;
     let pid = child.id() as i32;
     std::fs::write(pid_file(name), pid.to_string())?;
-    eprintln!("xtask up: {name} started (pid {pid}, log {})", log_path.display());
+    eprintln!(
+        "xtask up: {name} started (pid {pid}, log {})",
+        log_path.display()
+    );
     Ok(pid)
 }
 
 fn kubectl(args: &[&str]) -> Command {
     let mut cmd = Command::new(KUBECTL);
-    cmd.arg("--kubeconfig").arg(kubeconfig()).args(args).env_remove("KUBECONFIG");
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .env_remove("KUBECONFIG");
     cmd
 }
 
@@ -97,8 +107,16 @@ pub fn up(node_devices: &[String]) -> Result<()> {
     let root = root();
     eprintln!("xtask up: building keel-control and keel-agent (release)");
     run(Command::new(cargo()).current_dir(&root).args([
-        "build", "--release", "-p", "keel-control", "--bin", "keel-control", "-p", "keel-agent",
-        "--bin", "keel-agent",
+        "build",
+        "--release",
+        "-p",
+        "keel-control",
+        "--bin",
+        "keel-control",
+        "-p",
+        "keel-agent",
+        "--bin",
+        "keel-agent",
     ]))?;
     crate::images(Path::new(STATE).join("images").as_path())?;
     for dir in [STATE, LOGS, RUN] {
@@ -136,13 +154,22 @@ pub fn up(node_devices: &[String]) -> Result<()> {
     }
     spawn_background("keel-agent", &mut agent)?;
     let node = node_name();
-    wait_for(&format!("node {node} to be Ready"), Duration::from_secs(120), || {
-        kubectl(&["wait", "--for=condition=Ready", &format!("node/{node}"), "--timeout=2s"])
+    wait_for(
+        &format!("node {node} to be Ready"),
+        Duration::from_secs(120),
+        || {
+            kubectl(&[
+                "wait",
+                "--for=condition=Ready",
+                &format!("node/{node}"),
+                "--timeout=2s",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
-    })?;
+        },
+    )?;
     eprintln!("xtask up: node {node} is Ready");
     println!("export KUBECONFIG={}", kubeconfig().display());
     Ok(())
@@ -178,7 +205,11 @@ pub fn down() -> Result<()> {
     if running("keel-control").is_some() && running("keel-agent").is_some() {
         eprintln!("xtask down: deleting every workload");
         let _ = kubectl(&[
-            "delete", "deployments,replicasets,pods", "--all", "--all-namespaces", "--grace-period=1",
+            "delete",
+            "deployments,replicasets,pods",
+            "--all",
+            "--all-namespaces",
+            "--grace-period=1",
             "--timeout=60s",
         ])
         .stdout(Stdio::null())
@@ -188,7 +219,10 @@ pub fn down() -> Result<()> {
     stop("keel-control");
     // Leftovers (a crashed agent, a failed up): container monitors and their processes.
     let agent_root = Path::new(STATE).join("agent");
-    if let Ok(out) = Command::new("pkill").args(["-9", "-f", "keel-agent shim"]).output() {
+    if let Ok(out) = Command::new("pkill")
+        .args(["-9", "-f", "keel-agent shim"])
+        .output()
+    {
         let _ = out;
     }
     let netns = Path::new(RUN).join("netns");
@@ -198,14 +232,24 @@ pub fn down() -> Result<()> {
         }
     }
     let _ = Command::new("umount").arg("-l").arg(&netns).status();
-    for base in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+    for base in [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu,cpuacct",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ] {
         remove_cgroup_tree(&Path::new(base).join("keel"));
     }
     let _ = std::fs::remove_dir_all(PIN_DIR);
     // Mounts under the agent's root (container root filesystems, tmpfs volumes).
     if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
         let prefix = agent_root.to_string_lossy().to_string();
-        let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&prefix)).collect();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for p in points {
             let _ = Command::new("umount").arg("-l").arg(p).status();

@@ -327,9 +327,13 @@ fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask test: not root: tests that need root (BPF, namespaces) will print SKIP");
     }
     // The leader-election test runs real keel-control processes next to the test binaries.
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args(["build", "-p", "keel-control", "--bin", "keel-control"]))?;
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "-p",
+        "keel-control",
+        "--bin",
+        "keel-control",
+    ]))?;
     run(Command::new(cargo())
         .current_dir(root())
         .args(["test", "--workspace"])
@@ -430,7 +434,10 @@ fn images(image_dir: &Path) -> Result<()> {
     eprintln!("xtask images: building keel-echo (static, release)");
     run(Command::new(cargo())
         .current_dir(&root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=debuginfo")
+        .env(
+            "RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .args(["build", "--release", "-p", "keel-echo", "--target", &triple])
         .arg("--target-dir")

@@ -289,7 +289,9 @@ impl Api {
             store,
             services,
             namespace_cleanups: Mutex::new(HashSet::new()),
-            default_toleration_seconds: std::sync::atomic::AtomicI64::new(DEFAULT_TOLERATION_SECONDS),
+            default_toleration_seconds: std::sync::atomic::AtomicI64::new(
+                DEFAULT_TOLERATION_SECONDS,
+            ),
         })
     }
 
@@ -509,7 +511,8 @@ impl Api {
         if res.kind == "Pod" {
             defaults::default_tolerations(
                 &mut obj,
-                self.default_toleration_seconds.load(std::sync::atomic::Ordering::Relaxed),
+                self.default_toleration_seconds
+                    .load(std::sync::atomic::Ordering::Relaxed),
             );
         }
         if let Some(ns) = ns.filter(|_| res.namespaced) {
@@ -1221,7 +1224,11 @@ impl Api {
             "spec": {"clusterIP": self.services.first_ip().to_string(), "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}], "sessionAffinity": "None", "type": "ClusterIP"},
         });
         // Already there (a restart, or another API server on the same etcd): nothing to do.
-        if self.get(services, Some("default"), "kubernetes").await.is_ok() {
+        if self
+            .get(services, Some("default"), "kubernetes")
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         match self

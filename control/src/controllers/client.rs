@@ -29,7 +29,8 @@ fn to_value<K: Serialize>(obj: &K) -> ApiResult<Value> {
 }
 
 fn from_value<K: DeserializeOwned>(value: Value) -> ApiResult<K> {
-    serde_json::from_value(value).map_err(|e| ApiError::internal(format!("decoding an object: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::internal(format!("decoding an object: {e}")))
 }
 
 impl Client {

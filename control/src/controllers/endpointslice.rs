@@ -17,9 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::task::JoinSet;
@@ -88,13 +88,19 @@ pub fn start(ctx: &Arc<Context>, tasks: &mut JoinSet<()>) {
         });
     }
     let c = controller.clone();
-    runtime::spawn_workers(tasks, "endpointslice", controller.queue.clone(), WORKERS, move |key| {
-        let c = c.clone();
-        async move {
-            c.ctx.wait_synced().await;
-            c.sync(&key).await
-        }
-    });
+    runtime::spawn_workers(
+        tasks,
+        "endpointslice",
+        controller.queue.clone(),
+        WORKERS,
+        move |key| {
+            let c = c.clone();
+            async move {
+                c.ctx.wait_synced().await;
+                c.sync(&key).await
+            }
+        },
+    );
 }
 
 /// The Service a slice belongs to, if this controller manages it.
@@ -111,7 +117,8 @@ fn endpoint_relevant_change(old: &Pod, new: &Pod) -> bool {
     old.metadata.labels != new.metadata.labels
         || old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
         || pod_is_ready(old) != pod_is_ready(new)
-        || old.status.as_ref().map(|s| (&s.pod_ip, &s.phase)) != new.status.as_ref().map(|s| (&s.pod_ip, &s.phase))
+        || old.status.as_ref().map(|s| (&s.pod_ip, &s.phase))
+            != new.status.as_ref().map(|s| (&s.pod_ip, &s.phase))
         || old.spec.as_ref().map(|s| &s.node_name) != new.spec.as_ref().map(|s| &s.node_name)
 }
 
@@ -136,17 +143,24 @@ impl Controller {
         }
     }
 
-    fn lock_written(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Option<i64>>>> {
+    fn lock_written(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Option<i64>>>> {
         self.written.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the cache shows every write this controller made for the Service.
     fn cache_current(&self, key: &str, namespace: &str) -> bool {
         let mut written = self.lock_written();
-        let Some(slices) = written.get_mut(key) else { return true };
+        let Some(slices) = written.get_mut(key) else {
+            return true;
+        };
         slices.retain(|name, rv| {
             let cached = self.ctx.endpoint_slices.get(Some(namespace), name);
-            let cached_rv = cached.as_ref().and_then(|s| s.metadata.resource_version.as_deref()).and_then(|v| v.parse::<i64>().ok());
+            let cached_rv = cached
+                .as_ref()
+                .and_then(|s| s.metadata.resource_version.as_deref())
+                .and_then(|v| v.parse::<i64>().ok());
             match rv {
                 None => cached.is_some(),
                 Some(rv) => cached_rv.is_none_or(|c| c < *rv),
@@ -160,7 +174,10 @@ impl Controller {
     }
 
     fn remember(&self, key: &str, slice: &str, rv: Option<i64>) {
-        self.lock_written().entry(key.to_string()).or_default().insert(slice.to_string(), rv);
+        self.lock_written()
+            .entry(key.to_string())
+            .or_default()
+            .insert(slice.to_string(), rv);
     }
 
     async fn sync(&self, key: &str) -> anyhow::Result<Option<Duration>> {
@@ -182,7 +199,9 @@ impl Controller {
             .and_then(|s| s.spec.as_ref())
             .and_then(|s| s.selector.as_ref())
             .is_some_and(|s| !s.is_empty());
-        let Some(service) = service.filter(|s| selector_set && s.metadata.deletion_timestamp.is_none()) else {
+        let Some(service) =
+            service.filter(|s| selector_set && s.metadata.deletion_timestamp.is_none())
+        else {
             // No Service (or no selector): the slices we made go (the GC would, too).
             for slice in existing {
                 self.delete_slice(key, &slice).await?;
@@ -250,7 +269,12 @@ impl Controller {
         let uid = slice.metadata.uid.clone().unwrap_or_default();
         self.ctx
             .client
-            .delete_uid::<EndpointSlice>(slice.metadata.namespace.as_deref(), &name, &uid, &DeleteOptions::default())
+            .delete_uid::<EndpointSlice>(
+                slice.metadata.namespace.as_deref(),
+                &name,
+                &uid,
+                &DeleteOptions::default(),
+            )
             .await
             .map_err(|e| anyhow::anyhow!("deleting endpoint slice {name}: {}", e.message))?;
         self.remember(key, &name, None);
@@ -259,14 +283,21 @@ impl Controller {
 }
 
 fn rv_of(slice: &EndpointSlice) -> Option<i64> {
-    slice.metadata.resource_version.as_deref().and_then(|v| v.parse().ok())
+    slice
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
 }
 
 fn slice_labels(service: &Service) -> BTreeMap<String, String> {
     // Kubernetes copies the Service's labels, then sets its own two.
     let mut labels = service.metadata.labels.clone().unwrap_or_default();
     labels.remove("service.kubernetes.io/headless");
-    labels.insert(SERVICE_NAME_LABEL.into(), service.metadata.name.clone().unwrap_or_default());
+    labels.insert(
+        SERVICE_NAME_LABEL.into(),
+        service.metadata.name.clone().unwrap_or_default(),
+    );
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     labels
 }
@@ -295,7 +326,11 @@ pub fn desired_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Vec<(Ports, En
         if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
             continue;
         }
-        let Some(ip) = status.pod_ip.clone().filter(|ip| !ip.is_empty() && !ip.contains(':')) else {
+        let Some(ip) = status
+            .pod_ip
+            .clone()
+            .filter(|ip| !ip.is_empty() && !ip.contains(':'))
+        else {
             continue;
         };
         let terminating = pod.metadata.deletion_timestamp.is_some();
@@ -308,7 +343,11 @@ pub fn desired_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Vec<(Ports, En
                 serving: Some(publish_not_ready || ready),
                 terminating: Some(terminating),
             }),
-            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+            node_name: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty()),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),
@@ -356,7 +395,9 @@ fn find_named_port(pod: &Pod, name: &str, protocol: &str) -> Option<i32> {
         .containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
-        .find(|p| p.name.as_deref() == Some(name) && p.protocol.as_deref().unwrap_or("TCP") == protocol)
+        .find(|p| {
+            p.name.as_deref() == Some(name) && p.protocol.as_deref().unwrap_or("TCP") == protocol
+        })
         .map(|p| p.container_port)
 }
 
@@ -369,7 +410,10 @@ pub struct Plan {
 }
 
 fn endpoint_id(e: &Endpoint) -> String {
-    e.target_ref.as_ref().and_then(|r| r.uid.clone()).unwrap_or_else(|| e.addresses.join(","))
+    e.target_ref
+        .as_ref()
+        .and_then(|r| r.uid.clone())
+        .unwrap_or_else(|| e.addresses.join(","))
 }
 
 fn ports_key(ports: &Ports) -> String {
@@ -417,7 +461,12 @@ pub fn plan_slices(desired: &[(Ports, Endpoint)], existing: &[Arc<EndpointSlice>
             }
             None => changed = !slice.endpoints.is_empty(),
         }
-        kept.push(Kept { slice: slice.clone(), key, endpoints, changed });
+        kept.push(Kept {
+            slice: slice.clone(),
+            key,
+            endpoints,
+            changed,
+        });
     }
     // Pass 2: fill slices with room (ones already changing first), then create new ones.
     kept.sort_by_key(|k| !k.changed);
@@ -434,20 +483,26 @@ pub fn plan_slices(desired: &[(Ports, Endpoint)], existing: &[Arc<EndpointSlice>
         }
     }
     // Slices left empty go, except one placeholder when the Service has no endpoints at all.
-    let total: usize = kept.iter().map(|k| k.endpoints.len()).sum::<usize>() + plan.create.iter().map(|c| c.1.len()).sum::<usize>();
+    let total: usize = kept.iter().map(|k| k.endpoints.len()).sum::<usize>()
+        + plan.create.iter().map(|c| c.1.len()).sum::<usize>();
     let mut placeholder_kept = false;
     for k in kept {
         if k.endpoints.is_empty() {
             if total == 0 && !placeholder_kept {
                 placeholder_kept = true;
-                if !k.slice.endpoints.is_empty() || k.slice.ports.as_ref().is_some_and(|p| !p.is_empty()) {
+                if !k.slice.endpoints.is_empty()
+                    || k.slice.ports.as_ref().is_some_and(|p| !p.is_empty())
+                {
                     plan.update.push((k.slice, None, vec![]));
                 }
             } else {
                 plan.delete.push(k.slice);
             }
         } else if k.changed {
-            let ports = wanted.get(&k.key).map(|(p, _)| p.clone()).unwrap_or_else(|| k.slice.ports.clone());
+            let ports = wanted
+                .get(&k.key)
+                .map(|(p, _)| p.clone())
+                .unwrap_or_else(|| k.slice.ports.clone());
             plan.update.push((k.slice, ports, k.endpoints));
         }
     }
@@ -460,16 +515,27 @@ pub fn plan_slices(desired: &[(Ports, Endpoint)], existing: &[Arc<EndpointSlice>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServiceSpec};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, PodCondition, PodSpec, PodStatus, ServiceSpec,
+    };
 
     fn pod(name: &str, ip: &str, ready: bool) -> Arc<Pod> {
         Arc::new(Pod {
-            metadata: ObjectMeta { name: Some(name.into()), uid: Some(format!("uid-{name}")), namespace: Some("ns".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                uid: Some(format!("uid-{name}")),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
             spec: Some(PodSpec {
                 node_name: Some("n1".into()),
                 containers: vec![Container {
                     name: "c".into(),
-                    ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 8080, ..Default::default() }]),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".into()),
+                        container_port: 8080,
+                        ..Default::default()
+                    }]),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -477,7 +543,11 @@ mod tests {
             status: Some(PodStatus {
                 pod_ip: Some(ip.into()),
                 phase: Some("Running".into()),
-                conditions: Some(vec![PodCondition { type_: "Ready".into(), status: if ready { "True" } else { "False" }.into(), ..Default::default() }]),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
         })
@@ -485,10 +555,20 @@ mod tests {
 
     fn service() -> Service {
         Service {
-            metadata: ObjectMeta { name: Some("web".into()), namespace: Some("ns".into()), uid: Some("svc".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                uid: Some("svc".into()),
+                ..Default::default()
+            },
             spec: Some(ServiceSpec {
                 selector: Some([("app".to_string(), "web".to_string())].into()),
-                ports: Some(vec![ServicePort { name: Some("http".into()), port: 80, target_port: Some(IntOrString::String("http".into())), ..Default::default() }]),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
             status: None,
@@ -497,7 +577,10 @@ mod tests {
 
     fn slice(name: &str, plan: (Ports, Vec<Endpoint>)) -> Arc<EndpointSlice> {
         Arc::new(EndpointSlice {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
             address_type: "IPv4".into(),
             ports: plan.0,
             endpoints: plan.1,
@@ -506,19 +589,36 @@ mod tests {
 
     #[test]
     fn named_target_ports_resolve_and_conditions_follow_readiness() {
-        let desired = desired_endpoints(&service(), &[pod("a", "10.0.0.1", true), pod("b", "10.0.0.2", false)]);
+        let desired = desired_endpoints(
+            &service(),
+            &[pod("a", "10.0.0.1", true), pod("b", "10.0.0.2", false)],
+        );
         assert_eq!(desired.len(), 2);
         let port = &desired[0].0.as_ref().unwrap()[0];
-        assert_eq!((port.port, port.name.as_deref()), (Some(8080), Some("http")));
+        assert_eq!(
+            (port.port, port.name.as_deref()),
+            (Some(8080), Some("http"))
+        );
         let cond = |i: usize| desired[i].1.conditions.clone().unwrap();
-        assert_eq!((cond(0).ready, cond(0).serving, cond(0).terminating), (Some(true), Some(true), Some(false)));
+        assert_eq!(
+            (cond(0).ready, cond(0).serving, cond(0).terminating),
+            (Some(true), Some(true), Some(false))
+        );
         assert_eq!((cond(1).ready, cond(1).serving), (Some(false), Some(false)));
         assert_eq!(desired[0].1.node_name.as_deref(), Some("n1"));
     }
 
     #[test]
     fn slices_hold_at_most_100_endpoints() {
-        let pods: Vec<Arc<Pod>> = (0..250).map(|i| pod(&format!("p{i}"), &format!("10.0.{}.{}", i / 200, i % 200 + 1), true)).collect();
+        let pods: Vec<Arc<Pod>> = (0..250)
+            .map(|i| {
+                pod(
+                    &format!("p{i}"),
+                    &format!("10.0.{}.{}", i / 200, i % 200 + 1),
+                    true,
+                )
+            })
+            .collect();
         let plan = plan_slices(&desired_endpoints(&service(), &pods), &[]);
         let sizes: Vec<usize> = plan.create.iter().map(|c| c.1.len()).collect();
         assert_eq!(sizes, [100, 100, 50]);
@@ -526,13 +626,45 @@ mod tests {
 
     #[test]
     fn a_readiness_change_rewrites_only_the_slice_holding_the_pod() {
-        let pods: Vec<Arc<Pod>> = (0..150).map(|i| pod(&format!("p{i}"), &format!("10.0.{}.{}", i / 200, i % 200 + 1), true)).collect();
+        let pods: Vec<Arc<Pod>> = (0..150)
+            .map(|i| {
+                pod(
+                    &format!("p{i}"),
+                    &format!("10.0.{}.{}", i / 200, i % 200 + 1),
+                    true,
+                )
+            })
+            .collect();
         let first = plan_slices(&desired_endpoints(&service(), &pods), &[]);
-        let existing: Vec<Arc<EndpointSlice>> = first.create.into_iter().enumerate().map(|(i, c)| slice(&format!("s{i}"), c)).collect();
-        let in_second = existing[1].endpoints[0].target_ref.as_ref().unwrap().name.clone().unwrap();
+        let existing: Vec<Arc<EndpointSlice>> = first
+            .create
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| slice(&format!("s{i}"), c))
+            .collect();
+        let in_second = existing[1].endpoints[0]
+            .target_ref
+            .as_ref()
+            .unwrap()
+            .name
+            .clone()
+            .unwrap();
         let mut changed = pods.clone();
-        let idx = changed.iter().position(|p| p.metadata.name.as_deref() == Some(in_second.as_str())).unwrap();
-        changed[idx] = pod(&in_second, changed[idx].status.as_ref().unwrap().pod_ip.as_deref().unwrap(), false);
+        let idx = changed
+            .iter()
+            .position(|p| p.metadata.name.as_deref() == Some(in_second.as_str()))
+            .unwrap();
+        changed[idx] = pod(
+            &in_second,
+            changed[idx]
+                .status
+                .as_ref()
+                .unwrap()
+                .pod_ip
+                .as_deref()
+                .unwrap(),
+            false,
+        );
         let plan = plan_slices(&desired_endpoints(&service(), &changed), &existing);
         assert!(plan.create.is_empty() && plan.delete.is_empty());
         assert_eq!(plan.update.len(), 1);
@@ -544,8 +676,15 @@ mod tests {
 
     #[test]
     fn new_endpoints_fill_existing_room_and_empty_services_keep_a_placeholder() {
-        let pods: Vec<Arc<Pod>> = (0..10).map(|i| pod(&format!("p{i}"), &format!("10.0.0.{}", i + 1), true)).collect();
-        let existing = vec![slice("s0", plan_slices(&desired_endpoints(&service(), &pods[..5]), &[]).create.remove(0))];
+        let pods: Vec<Arc<Pod>> = (0..10)
+            .map(|i| pod(&format!("p{i}"), &format!("10.0.0.{}", i + 1), true))
+            .collect();
+        let existing = vec![slice(
+            "s0",
+            plan_slices(&desired_endpoints(&service(), &pods[..5]), &[])
+                .create
+                .remove(0),
+        )];
         let plan = plan_slices(&desired_endpoints(&service(), &pods), &existing);
         assert!(plan.create.is_empty());
         assert_eq!(plan.update[0].2.len(), 10);

@@ -104,18 +104,18 @@ impl Recorder {
             message,
         };
         if self.tx.try_send(pending).is_err() {
-            tracing::debug!(component = self.component, reason, "event dropped: writer is behind");
+            tracing::debug!(
+                component = self.component,
+                reason,
+                "event dropped: writer is behind"
+            );
         }
     }
 }
 
 type AggregateKey = (String, &'static str, &'static str, String);
 
-async fn write_events(
-    client: Client,
-    host: Option<String>,
-    mut rx: mpsc::Receiver<Pending>,
-) {
+async fn write_events(client: Client, host: Option<String>, mut rx: mpsc::Receiver<Pending>) {
     // (object uid, type, reason, message) -> (event namespace, event name, first seen)
     let mut recent: HashMap<AggregateKey, (String, String, Instant)> = HashMap::new();
     while let Some(pending) = rx.recv().await {
@@ -126,12 +126,7 @@ async fn write_events(
             .filter(|ns| !ns.is_empty())
             .unwrap_or_else(|| "default".to_string());
         let uid = pending.object.uid.clone().unwrap_or_default();
-        let key = (
-            uid,
-            pending.type_,
-            pending.reason,
-            pending.message.clone(),
-        );
+        let key = (uid, pending.type_, pending.reason, pending.message.clone());
         let now = Time(jiff::Timestamp::now());
         if let Some((ns, name, since)) = recent.get(&key)
             && since.elapsed() < AGGREGATION_WINDOW

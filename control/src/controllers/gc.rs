@@ -58,7 +58,10 @@ impl Graph {
     fn insert(&mut self, uid: String, vertex: Vertex) {
         self.remove(&uid);
         for owner in &vertex.owners {
-            self.dependents.entry(owner.uid.clone()).or_default().insert(uid.clone());
+            self.dependents
+                .entry(owner.uid.clone())
+                .or_default()
+                .insert(uid.clone());
         }
         self.objects.insert(uid, vertex);
     }
@@ -113,17 +116,23 @@ pub fn start(ctx: &Arc<Context>, tasks: &mut JoinSet<()>) {
     }
     let synced = Arc::new(informers);
     let c = collector.clone();
-    super::runtime::spawn_workers(tasks, "garbage-collector", collector.queue.clone(), WORKERS, move |uid| {
-        let c = c.clone();
-        let synced = synced.clone();
-        async move {
-            for informer in synced.iter() {
-                informer.wait_synced().await;
+    super::runtime::spawn_workers(
+        tasks,
+        "garbage-collector",
+        collector.queue.clone(),
+        WORKERS,
+        move |uid| {
+            let c = c.clone();
+            let synced = synced.clone();
+            async move {
+                for informer in synced.iter() {
+                    informer.wait_synced().await;
+                }
+                c.ctx.wait_synced().await;
+                c.process(&uid).await
             }
-            c.ctx.wait_synced().await;
-            c.process(&uid).await
-        }
-    });
+        },
+    );
     let c = collector.clone();
     tasks.spawn(async move { c.housekeeping().await });
 }
@@ -147,15 +156,24 @@ impl Collector {
                     deleting: meta.deletion_timestamp.is_some(),
                 };
                 let interesting = !vertex.owners.is_empty()
-                    || (vertex.deleting && vertex.finalizers.iter().any(|f| f == FOREGROUND || f == ORPHAN));
+                    || (vertex.deleting
+                        && vertex
+                            .finalizers
+                            .iter()
+                            .any(|f| f == FOREGROUND || f == ORPHAN));
                 let owners: Vec<String> = vertex.owners.iter().map(|o| o.uid.clone()).collect();
-                let became_deleting = vertex.deleting && old.is_none_or(|o| o.metadata.deletion_timestamp.is_none());
+                let became_deleting =
+                    vertex.deleting && old.is_none_or(|o| o.metadata.deletion_timestamp.is_none());
                 self.lock().insert(uid.clone(), vertex);
                 if interesting {
                     self.queue.add(uid);
                 }
                 // An owner waiting in foreground deletion rechecks when a dependent changes.
-                if became_deleting || old.is_none_or(|o| o.metadata.owner_references != new.metadata.owner_references) {
+                if became_deleting
+                    || old.is_none_or(|o| {
+                        o.metadata.owner_references != new.metadata.owner_references
+                    })
+                {
                     for owner in owners {
                         self.queue.add(owner);
                     }
@@ -167,10 +185,18 @@ impl Collector {
                 }
             }
             Change::Deleted(old) => {
-                let Some(uid) = old.metadata.uid.clone() else { return };
+                let Some(uid) = old.metadata.uid.clone() else {
+                    return;
+                };
                 let mut graph = self.lock();
                 let removed = graph.remove(&uid);
-                let dependents: Vec<String> = graph.dependents.get(&uid).into_iter().flatten().cloned().collect();
+                let dependents: Vec<String> = graph
+                    .dependents
+                    .get(&uid)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect();
                 drop(graph);
                 for dependent in dependents {
                     self.queue.add(dependent);
@@ -210,7 +236,11 @@ impl Collector {
             }
         }
         if dangling.len() == vertex.owners.len() {
-            tracing::debug!(kind = vertex.resource.kind, name = vertex.name, "deleting an object whose owners are gone");
+            tracing::debug!(
+                kind = vertex.resource.kind,
+                name = vertex.name,
+                "deleting an object whose owners are gone"
+            );
             self.delete(&vertex, uid, "Background").await?;
         } else if waiting_foreground && dangling.is_empty() {
             self.delete(&vertex, uid, "Foreground").await?;
@@ -220,34 +250,62 @@ impl Collector {
         Ok(None)
     }
 
-    async fn owner_state(&self, dependent: &Vertex, owner: &OwnerReference) -> anyhow::Result<OwnerState> {
+    async fn owner_state(
+        &self,
+        dependent: &Vertex,
+        owner: &OwnerReference,
+    ) -> anyhow::Result<OwnerState> {
         if let Some(v) = self.lock().objects.get(&owner.uid) {
-            return Ok(if v.deleting && v.finalizers.iter().any(|f| f == FOREGROUND) {
-                OwnerState::DeletingForeground
-            } else {
-                OwnerState::Alive
-            });
+            return Ok(
+                if v.deleting && v.finalizers.iter().any(|f| f == FOREGROUND) {
+                    OwnerState::DeletingForeground
+                } else {
+                    OwnerState::Alive
+                },
+            );
         }
         // Not in the graph: maybe the cache lags. Ask the store.
         let Some(resource) = registry::by_kind(&owner.kind) else {
             // An owner of a kind this server does not serve cannot exist here.
             return Ok(OwnerState::Gone);
         };
-        let namespace = if resource.namespaced { dependent.namespace.as_deref() } else { None };
-        match self.ctx.client.api.get(resource, namespace, &owner.name).await {
+        let namespace = if resource.namespaced {
+            dependent.namespace.as_deref()
+        } else {
+            None
+        };
+        match self
+            .ctx
+            .client
+            .api
+            .get(resource, namespace, &owner.name)
+            .await
+        {
             Ok(obj) => {
-                if obj.pointer("/metadata/uid").and_then(Value::as_str) != Some(owner.uid.as_str()) {
+                if obj.pointer("/metadata/uid").and_then(Value::as_str) != Some(owner.uid.as_str())
+                {
                     return Ok(OwnerState::Gone);
                 }
-                let deleting = obj.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+                let deleting = obj
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some_and(|t| !t.is_null());
                 let foreground = obj
                     .pointer("/metadata/finalizers")
                     .and_then(Value::as_array)
                     .is_some_and(|f| f.iter().any(|f| f == FOREGROUND));
-                Ok(if deleting && foreground { OwnerState::DeletingForeground } else { OwnerState::Alive })
+                Ok(if deleting && foreground {
+                    OwnerState::DeletingForeground
+                } else {
+                    OwnerState::Alive
+                })
             }
             Err(e) if e.code == 404 => Ok(OwnerState::Gone),
-            Err(e) => anyhow::bail!("looking up owner {}/{}: {}", owner.kind, owner.name, e.message),
+            Err(e) => anyhow::bail!(
+                "looking up owner {}/{}: {}",
+                owner.kind,
+                owner.name,
+                e.message
+            ),
         }
     }
 
@@ -257,10 +315,26 @@ impl Collector {
             precondition_uid: Some(uid.to_string()),
             ..Default::default()
         };
-        match self.ctx.client.api.delete(vertex.resource, vertex.namespace.as_deref(), &vertex.name, &opts).await {
+        match self
+            .ctx
+            .client
+            .api
+            .delete(
+                vertex.resource,
+                vertex.namespace.as_deref(),
+                &vertex.name,
+                &opts,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code == 404 || e.code == 409 => Ok(()),
-            Err(e) => anyhow::bail!("deleting {} {}: {}", vertex.resource.kind, vertex.name, e.message),
+            Err(e) => anyhow::bail!(
+                "deleting {} {}: {}",
+                vertex.resource.kind,
+                vertex.name,
+                e.message
+            ),
         }
     }
 
@@ -273,32 +347,58 @@ impl Collector {
             .ctx
             .client
             .api
-            .guaranteed_update(vertex.resource, vertex.namespace.as_deref(), &vertex.name, UpdateKind::Internal, false, |current| {
-                let mut next = current.clone();
-                if next.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                    return Ok(current.clone());
-                }
-                if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
-                    meta.remove("resourceVersion");
-                    if !edit(meta) {
+            .guaranteed_update(
+                vertex.resource,
+                vertex.namespace.as_deref(),
+                &vertex.name,
+                UpdateKind::Internal,
+                false,
+                |current| {
+                    let mut next = current.clone();
+                    if next.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
                         return Ok(current.clone());
                     }
-                }
-                Ok(next)
-            })
+                    if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.remove("resourceVersion");
+                        if !edit(meta) {
+                            return Ok(current.clone());
+                        }
+                    }
+                    Ok(next)
+                },
+            )
             .await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.code == 404 => Ok(()),
-            Err(e) => anyhow::bail!("updating {} {}: {}", vertex.resource.kind, vertex.name, e.message),
+            Err(e) => anyhow::bail!(
+                "updating {} {}: {}",
+                vertex.resource.kind,
+                vertex.name,
+                e.message
+            ),
         }
     }
 
-    async fn remove_owner_refs(&self, vertex: &Vertex, uid: &str, owners: &[String]) -> anyhow::Result<()> {
+    async fn remove_owner_refs(
+        &self,
+        vertex: &Vertex,
+        uid: &str,
+        owners: &[String],
+    ) -> anyhow::Result<()> {
         self.edit_meta(vertex, uid, |meta| {
-            let Some(refs) = meta.get_mut("ownerReferences").and_then(Value::as_array_mut) else { return false };
+            let Some(refs) = meta
+                .get_mut("ownerReferences")
+                .and_then(Value::as_array_mut)
+            else {
+                return false;
+            };
             let before = refs.len();
-            refs.retain(|r| !r.get("uid").and_then(Value::as_str).is_some_and(|u| owners.iter().any(|o| o == u)));
+            refs.retain(|r| {
+                !r.get("uid")
+                    .and_then(Value::as_str)
+                    .is_some_and(|u| owners.iter().any(|o| o == u))
+            });
             let changed = refs.len() != before;
             if refs.is_empty() {
                 meta.remove("ownerReferences");
@@ -308,9 +408,16 @@ impl Collector {
         .await
     }
 
-    async fn remove_finalizer(&self, vertex: &Vertex, uid: &str, finalizer: &str) -> anyhow::Result<()> {
+    async fn remove_finalizer(
+        &self,
+        vertex: &Vertex,
+        uid: &str,
+        finalizer: &str,
+    ) -> anyhow::Result<()> {
         self.edit_meta(vertex, uid, |meta| {
-            let Some(list) = meta.get_mut("finalizers").and_then(Value::as_array_mut) else { return false };
+            let Some(list) = meta.get_mut("finalizers").and_then(Value::as_array_mut) else {
+                return false;
+            };
             let before = list.len();
             list.retain(|f| f != finalizer);
             let changed = list.len() != before;
@@ -322,20 +429,32 @@ impl Collector {
         .await
     }
 
-    async fn orphan_dependents(&self, uid: &str, vertex: &Vertex) -> anyhow::Result<Option<Duration>> {
+    async fn orphan_dependents(
+        &self,
+        uid: &str,
+        vertex: &Vertex,
+    ) -> anyhow::Result<Option<Duration>> {
         let dependents = self.lock().dependents_of(uid);
         for (dep_uid, dep) in dependents {
-            self.remove_owner_refs(&dep, &dep_uid, &[uid.to_string()]).await?;
+            self.remove_owner_refs(&dep, &dep_uid, &[uid.to_string()])
+                .await?;
         }
         self.remove_finalizer(vertex, uid, ORPHAN).await?;
         Ok(None)
     }
 
-    async fn delete_dependents(&self, uid: &str, vertex: &Vertex) -> anyhow::Result<Option<Duration>> {
+    async fn delete_dependents(
+        &self,
+        uid: &str,
+        vertex: &Vertex,
+    ) -> anyhow::Result<Option<Duration>> {
         let dependents = self.lock().dependents_of(uid);
         let mut blocking = 0;
         for (dep_uid, dep) in &dependents {
-            let blocks = dep.owners.iter().any(|o| o.uid == uid && o.block_owner_deletion == Some(true));
+            let blocks = dep
+                .owners
+                .iter()
+                .any(|o| o.uid == uid && o.block_owner_deletion == Some(true));
             if blocks {
                 blocking += 1;
             }
@@ -364,7 +483,11 @@ impl Collector {
             if rounds % 3 == 1 {
                 // Claims of Service IPs/ports left by an API server that crashed mid-write.
                 let api = &self.ctx.client.api;
-                match api.services.repair(api.store.as_ref(), Duration::from_secs(60)).await {
+                match api
+                    .services
+                    .repair(api.store.as_ref(), Duration::from_secs(60))
+                    .await
+                {
                     Ok(repaired) => tracing::debug!(?repaired, "service allocations repaired"),
                     Err(e) => tracing::warn!(error = %e, "repairing service allocations failed"),
                 }
@@ -380,7 +503,14 @@ impl Collector {
     async fn collect_orphaned_pods(&self, missing_before: &HashSet<String>) -> HashSet<String> {
         let mut missing = HashSet::new();
         for pod in self.ctx.pods.list() {
-            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) else { continue };
+            let Some(node) = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty())
+            else {
+                continue;
+            };
             if self.ctx.nodes.get(None, &node).is_some() {
                 continue;
             }
@@ -389,9 +519,21 @@ impl Collector {
                 let ns = pod.metadata.namespace.as_deref();
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                tracing::info!(pod = key, node, "deleting a pod bound to a node that no longer exists");
-                let opts = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
-                if let Err(e) = self.ctx.client.delete_uid::<k8s_openapi::api::core::v1::Pod>(ns, &name, &uid, &opts).await {
+                tracing::info!(
+                    pod = key,
+                    node,
+                    "deleting a pod bound to a node that no longer exists"
+                );
+                let opts = DeleteOptions {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                if let Err(e) = self
+                    .ctx
+                    .client
+                    .delete_uid::<k8s_openapi::api::core::v1::Pod>(ns, &name, &uid, &opts)
+                    .await
+                {
                     tracing::debug!(pod = key, error = %e.message, "pod GC failed");
                 }
             } else {
@@ -403,19 +545,36 @@ impl Collector {
 
     /// Deletes events last seen more than [`EVENT_TTL`] ago.
     async fn expire_events(&self) {
-        let Some(events) = registry::by_kind("Event") else { return };
+        let Some(events) = registry::by_kind("Event") else {
+            return;
+        };
         let params = crate::apiserver::storage::ListParams::default();
-        let Ok((items, _, _)) = self.ctx.client.api.list_items(events, None, &params).await else { return };
-        let cutoff = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(EVENT_TTL.as_secs() as i64);
+        let Ok((items, _, _)) = self.ctx.client.api.list_items(events, None, &params).await else {
+            return;
+        };
+        let cutoff =
+            jiff::Timestamp::now() - jiff::SignedDuration::from_secs(EVENT_TTL.as_secs() as i64);
         for event in items {
-            let last = ["/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]
-                .iter()
-                .find_map(|p| event.pointer(p).and_then(Value::as_str))
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            let last = [
+                "/lastTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| event.pointer(p).and_then(Value::as_str))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
             if last.is_some_and(|t| t < cutoff) {
                 let ns = event.pointer("/metadata/namespace").and_then(Value::as_str);
-                let name = event.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-                let _ = self.ctx.client.api.delete(events, ns, name, &DeleteOptions::default()).await;
+                let name = event
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let _ = self
+                    .ctx
+                    .client
+                    .api
+                    .delete(events, ns, name, &DeleteOptions::default())
+                    .await;
             }
         }
     }
@@ -438,7 +597,13 @@ mod tests {
             name: "p".into(),
             owners: owners
                 .iter()
-                .map(|u| OwnerReference { uid: u.to_string(), kind: "ReplicaSet".into(), name: format!("rs-{u}"), api_version: "apps/v1".into(), ..Default::default() })
+                .map(|u| OwnerReference {
+                    uid: u.to_string(),
+                    kind: "ReplicaSet".into(),
+                    name: format!("rs-{u}"),
+                    api_version: "apps/v1".into(),
+                    ..Default::default()
+                })
                 .collect(),
             finalizers: vec![],
             deleting: false,

@@ -78,19 +78,24 @@ impl Elector {
         let mut last_renewal = Instant::now();
         loop {
             tokio::time::sleep(self.timings.retry_period).await;
-            match tokio::time::timeout(self.timings.retry_period, self.try_acquire_or_renew())
-                .await
+            match tokio::time::timeout(self.timings.retry_period, self.try_acquire_or_renew()).await
             {
                 Ok(Ok(true)) => last_renewal = Instant::now(),
                 Ok(Ok(false)) => {
-                    tracing::warn!(identity = self.identity, "lost the lease to another candidate");
+                    tracing::warn!(
+                        identity = self.identity,
+                        "lost the lease to another candidate"
+                    );
                     return;
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the lease"),
                 Err(_) => tracing::warn!("renewing the lease timed out"),
             }
             if last_renewal.elapsed() >= self.timings.renew_deadline {
-                tracing::warn!(identity = self.identity, "could not renew the lease in time; stepping down");
+                tracing::warn!(
+                    identity = self.identity,
+                    "could not renew the lease in time; stepping down"
+                );
                 return;
             }
         }
@@ -157,9 +162,7 @@ impl Elector {
         if !held_by_me && !holder.is_empty() {
             // Someone else holds it: take over only after seeing it unchanged for its duration.
             let duration = Duration::from_secs(
-                spec.lease_duration_seconds
-                    .unwrap_or(lease_seconds)
-                    .max(1) as u64,
+                spec.lease_duration_seconds.unwrap_or(lease_seconds).max(1) as u64,
             );
             match &self.observed {
                 Some((h, r, since)) if *h == holder && *r == renewed => {

@@ -91,8 +91,11 @@ fn resource(kind: &str) -> &'static registry::Resource {
 impl Context {
     fn new(api: Arc<Api>, config: ControllerConfig) -> Arc<Self> {
         let client = Client::new(api);
-        let (events, writer) =
-            Recorder::spawn(client.clone(), "keel-control", Some(config.identity.clone()));
+        let (events, writer) = Recorder::spawn(
+            client.clone(),
+            "keel-control",
+            Some(config.identity.clone()),
+        );
         Arc::new(Context {
             client,
             config,
@@ -170,8 +173,11 @@ impl Controllers {
     pub fn spawn(api: Arc<Api>, config: ControllerConfig) -> Controllers {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let mut elector =
-                leader::Elector::new(Client::new(api.clone()), config.identity.clone(), config.leader.clone());
+            let mut elector = leader::Elector::new(
+                Client::new(api.clone()),
+                config.identity.clone(),
+                config.leader.clone(),
+            );
             loop {
                 tokio::select! {
                     _ = elector.acquire() => {}
@@ -187,10 +193,16 @@ impl Controllers {
                 while tasks.join_next().await.is_some() {}
                 // Let the event writer drain and drop its handle on the store.
                 ctx.shutdown();
-                let writer = ctx.events_writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let writer = ctx
+                    .events_writer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 drop(ctx);
                 if let Some(writer) = writer
-                    && tokio::time::timeout(Duration::from_secs(5), writer).await.is_err()
+                    && tokio::time::timeout(Duration::from_secs(5), writer)
+                        .await
+                        .is_err()
                 {
                     tracing::warn!("the event writer did not finish within 5 s");
                 }
@@ -198,7 +210,10 @@ impl Controllers {
                     elector.release().await;
                     return;
                 }
-                tracing::warn!(identity = elector.identity(), "stopped leading; controllers stopped");
+                tracing::warn!(
+                    identity = elector.identity(),
+                    "stopped leading; controllers stopped"
+                );
             }
         });
         Controllers { task, stop }

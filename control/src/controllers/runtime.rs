@@ -69,7 +69,10 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
 /// The queue key of an object.
 pub fn key_of<K: Object>(obj: &K) -> String {
     let meta = obj.meta();
-    key(meta.namespace.as_deref(), meta.name.as_deref().unwrap_or(""))
+    key(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or(""),
+    )
 }
 
 /// A change an informer saw.
@@ -113,7 +116,10 @@ impl<K: Object> Informer<K> {
     /// Drops every handler (they hold their controllers, which hold the informers: clearing
     /// them breaks that cycle when the controllers stop).
     pub fn clear_handlers(&self) {
-        self.handlers.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// The cached object.

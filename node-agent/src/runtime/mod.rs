@@ -23,7 +23,9 @@ pub use types::*;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The image is not in the local image store (`ErrImagePull`).
-    #[error("image {image} not found in the local image store {store}: build it with `cargo xtask images` or import it")]
+    #[error(
+        "image {image} not found in the local image store {store}: build it with `cargo xtask images` or import it"
+    )]
     ImageNotFound { image: String, store: String },
     /// The sandbox or container does not exist.
     #[error("{0} not found")]
