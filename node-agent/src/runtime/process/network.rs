@@ -166,7 +166,13 @@ impl PodNetwork {
                 }
                 Err(e)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if !is_netns_mount(&netns) {
+                    // The namespace could not be made: give the address back.
+                    let _ = self.remove(uid).await;
+                }
+                Err(e)
+            }
         };
         result.map_err(|e| context(e, &format!("setting up the network of pod {uid}")))
     }
@@ -1027,6 +1033,40 @@ mod tests {
             assert!(keel_links().await.is_empty());
             assert!(node.netns_files().is_empty());
             assert!(node.ipam_files().is_empty());
+        });
+    }
+
+    #[test]
+    fn a_failed_setup_leaves_nothing_and_spares_a_colliding_veth() {
+        if !root_or_skip("a_failed_setup_leaves_nothing_and_spares_a_colliding_veth") {
+            return;
+        }
+        let node = Node::new();
+        in_private_netns(|| async {
+            let net = PodNetwork::new(node.config("10.244.5.0/24")).await.unwrap();
+            // Another pod's veth that happens to have this pod's name (a hash collision).
+            let name = host_veth_name("pod-a");
+            net.host
+                .link()
+                .add(LinkVeth::new(&name, "collision-peer").build())
+                .execute()
+                .await
+                .unwrap();
+            let index = get_link(&net.host, &name)
+                .await
+                .unwrap()
+                .unwrap()
+                .header
+                .index;
+            set_up(&net.host, index, Some("another-pod")).await.unwrap();
+
+            let err = net.setup("pod-a").await.unwrap_err();
+            assert!(err.to_string().contains("hash collision"), "{err}");
+            assert!(node.netns_files().is_empty());
+            assert!(node.ipam_files().is_empty());
+            net.teardown("pod-a").await.unwrap();
+            assert_eq!(keel_links().await, vec![name.clone()]);
+            delete_link(&net.host, index).await.unwrap();
         });
     }
 
