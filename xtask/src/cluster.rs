@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, root, run};
+use crate::root;
 
 const STATE: &str = "/var/lib/keel";
 const LOGS: &str = "/var/log/keel";
@@ -66,7 +66,7 @@ fn spawn_background(name: &str, cmd: &mut Command) -> Result<i32> {
     Ok(pid)
 }
 
-fn kubectl(args: &[&str]) -> Command {
+pub fn kubectl(args: &[&str]) -> Command {
     let mut cmd = Command::new(KUBECTL);
     cmd.arg("--kubeconfig")
         .arg(kubeconfig())
@@ -92,6 +92,11 @@ fn node_name() -> String {
         .unwrap_or_else(|_| "keel-node".into())
 }
 
+/// Whether keel-control or keel-agent of `up` is running.
+pub fn is_up() -> bool {
+    running("keel-control").is_some() || running("keel-agent").is_some()
+}
+
 /// `cargo xtask up [--node-device DEV]...`.
 pub fn up(node_devices: &[String]) -> Result<()> {
     if !crate::is_root() {
@@ -100,24 +105,13 @@ pub fn up(node_devices: &[String]) -> Result<()> {
     if !Path::new(KUBECTL).exists() {
         bail!("{KUBECTL} is missing: install kubectl (the machine image has it)");
     }
-    if running("keel-control").is_some() || running("keel-agent").is_some() {
+    if is_up() {
         bail!("a cluster is already up: `cargo xtask down` first");
     }
     crate::build_ebpf()?;
     let root = root();
     eprintln!("xtask up: building keel-control and keel-agent (release)");
-    run(Command::new(cargo()).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "keel-control",
-        "--bin",
-        "keel-control",
-        "-p",
-        "keel-agent",
-        "--bin",
-        "keel-agent",
-    ]))?;
+    crate::build_node_bins()?;
     crate::images(Path::new(STATE).join("images").as_path())?;
     for dir in [STATE, LOGS, RUN] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
@@ -232,14 +226,14 @@ pub fn down() -> Result<()> {
         }
     }
     let _ = Command::new("umount").arg("-l").arg(&netns).status();
-    for base in [
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/cpu,cpuacct",
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup",
-    ] {
-        remove_cgroup_tree(&Path::new(base).join("keel"));
+    // `keel` in every hierarchy: each cgroup v1 controller, the v2 `unified` mount, or the v2
+    // root itself.
+    let mut hierarchies = vec![PathBuf::from("/sys/fs/cgroup")];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        hierarchies.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for base in hierarchies {
+        remove_cgroup_tree(&base.join("keel"));
     }
     let _ = std::fs::remove_dir_all(PIN_DIR);
     // Mounts under the agent's root (container root filesystems, tmpfs volumes).

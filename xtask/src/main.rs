@@ -6,9 +6,11 @@
 //! - `bench`: run the datapath benchmark (direct vs iptables vs Keel); `bench api`: the API
 //!   server benchmark (embedded store vs etcd).
 //! - `bench sched`: the scheduler's throughput and a Deployment rollout on hollow nodes.
-//! - `demo`: the single-node datapath demo.
+//! - `demo`: the local cluster demo (`demo --datapath`: the datapath alone).
+//! - `up` / `down`: a local single-node cluster in the background.
 //! - `images`: build the local OCI images (keel.local/busybox, keel.local/echo) the agent runs.
 mod cluster;
+mod demo;
 
 use std::{
     env,
@@ -50,8 +52,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Single-node demo: backends in network namespaces behind a ClusterIP and a NodePort (root).
-    Demo,
+    /// The demo (root): a local cluster (`up`), manifests/demo.yaml rolled out, requests to the
+    /// ClusterIP from a pod and to the NodePort from outside, a rolling update under load, `down`.
+    Demo {
+        /// Instead: the datapath alone (issue 2's demo), backends in network namespaces behind
+        /// the real eBPF datapath without the control plane.
+        #[arg(long)]
+        datapath: bool,
+    },
     /// Start a local single-node cluster in the background (keel-control on 127.0.0.1:6443 with
     /// the embedded store, one keel-agent) and wait until the node is Ready; prints
     /// `export KUBECONFIG=...` last (root).
@@ -115,7 +123,8 @@ fn main() {
         Task::BuildEbpf => build_ebpf(),
         Task::Test { args } => test(&args),
         Task::Bench { args } => bench(&args),
-        Task::Demo => demo(),
+        Task::Demo { datapath: false } => demo::demo(),
+        Task::Demo { datapath: true } => datapath_demo(),
         Task::Images { image_dir } => images(&image_dir),
         Task::Up { node_device } => cluster::up(&node_device),
         Task::Down => cluster::down(),
@@ -392,7 +401,7 @@ fn bench(args: &[String]) -> Result<()> {
         .args(args))
 }
 
-fn demo() -> Result<()> {
+fn datapath_demo() -> Result<()> {
     build_ebpf()?;
     if !is_root() {
         bail!("the demo builds network namespaces and loads BPF programs: run it as root");
@@ -412,6 +421,24 @@ fn demo() -> Result<()> {
     run(Command::new(bin.join("keel-demo"))
         .env("KEEL_AGENT_BIN", bin.join("keel-agent"))
         .env("KEEL_TESTSRV_BIN", bin.join("keel-testsrv")))
+}
+
+/// Builds keel-control and keel-agent (release) in one cargo invocation. `up` and `images`
+/// both use exactly this, so the second finds everything built (building the agent alone would
+/// resolve features differently and compile it again).
+fn build_node_bins() -> Result<()> {
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "keel-control",
+        "--bin",
+        "keel-control",
+        "-p",
+        "keel-agent",
+        "--bin",
+        "keel-agent",
+    ]))
 }
 
 /// `cargo xtask images`: keel.local/busybox:latest from Debian's static busybox and
@@ -444,14 +471,7 @@ fn images(image_dir: &Path) -> Result<()> {
         .arg(&target_dir))?;
     let echo = target_dir.join(&triple).join("release/keel-echo");
     eprintln!("xtask images: building keel-agent (release), which writes the image layouts");
-    run(Command::new(cargo()).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "keel-agent",
-        "--bin",
-        "keel-agent",
-    ]))?;
+    build_node_bins()?;
     run(Command::new(root.join("target/release/keel-agent"))
         .arg("images")
         .arg("--image-dir")
