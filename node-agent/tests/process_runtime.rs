@@ -727,6 +727,52 @@ fn a_restarted_runtime_adopts_running_containers() {
     });
 }
 
+#[test]
+fn a_network_without_a_sandbox_record_is_reclaimed_at_start() {
+    if !runnable("a_network_without_a_sandbox_record_is_reclaimed_at_start") {
+        return;
+    }
+    let node = Node::new();
+    in_private_netns(|| async {
+        let (kept, orphan) = {
+            let rt = node.runtime().await;
+            let kept = rt.run_sandbox(&pod("kept")).await.expect("run_sandbox");
+            // What an agent that died between the network setup and the sandbox record left.
+            let orphan = rt
+                .network()
+                .setup("0a7e3b1c-orphan")
+                .await
+                .expect("network setup");
+            (kept, orphan)
+        };
+        assert!(orphan.netns.exists());
+        let rt = node.runtime().await;
+        let claims: Vec<String> = rt
+            .network()
+            .ipam()
+            .allocations()
+            .into_iter()
+            .map(|(_, uid)| uid)
+            .collect();
+        assert_eq!(claims, vec![kept.config.uid.clone()], "only the recorded pod keeps its address");
+        assert!(!orphan.netns.exists(), "the orphan's network namespace is gone");
+        let links = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        assert!(
+            !links.contains(&orphan.host_veth),
+            "the orphan's veth {} is gone: {links:?}",
+            orphan.host_veth
+        );
+        let again = rt.run_sandbox(&kept.config).await.expect("run_sandbox");
+        assert_eq!(again.ip, kept.ip, "the recorded pod keeps its address");
+        rt.remove_sandbox(&kept.id).await.expect("remove_sandbox");
+        assert!(rt.network().ipam().allocations().is_empty());
+    });
+}
+
 /// Builds `keel-echo` as `cargo xtask images` does (static, release, `target/images`).
 fn static_echo_binary() -> Option<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))

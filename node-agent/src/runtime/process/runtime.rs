@@ -161,14 +161,31 @@ impl ProcessRuntime {
         .await?;
         let shim_binary = std::env::current_exe()
             .map_err(|e| sys("finding the agent's own binary (the shim)", e))?;
-        Ok(ProcessRuntime {
+        let runtime = ProcessRuntime {
             images: Arc::new(ImageStore::new(&config.image_dir)),
             config,
             network,
             cgroups,
             shim_binary,
             locks: Mutex::new(HashMap::new()),
-        })
+        };
+        runtime.reclaim_orphan_networks().await;
+        Ok(runtime)
+    }
+
+    /// Tears down pod networks (address claim, network namespace, veth) that have no sandbox
+    /// record: an earlier agent stopped between setting a pod's network up and recording its
+    /// sandbox. Nothing else can own them while the runtime is opening.
+    async fn reclaim_orphan_networks(&self) {
+        for (ip, uid) in self.network.ipam().allocations() {
+            if self.sandbox_file(&uid).exists() {
+                continue;
+            }
+            match self.network.teardown(&uid).await {
+                Ok(()) => tracing::info!(%ip, uid, "reclaimed the network of a pod with no sandbox"),
+                Err(e) => tracing::warn!(%ip, uid, error = %e, "reclaiming an orphaned pod network"),
+            }
+        }
     }
 
     /// Uses another binary as the shim (`<binary> shim <dir>`); the default is the running
