@@ -249,8 +249,8 @@ fn run_agent(args: RunArgs) -> Result<()> {
                 pin_dir,
                 node_name: network.node_name.clone(),
                 cgroup: unified.join(&cgroup_parent),
+                node_addresses: node_addresses(network.node_ip, &node_devices),
                 node_devices,
-                node_addresses: vec![network.node_ip],
             });
             keel_agent::node_services::start(
                 keel_agent::node_services::NodeServicesConfig {
@@ -274,6 +274,26 @@ fn run_agent(args: RunArgs) -> Result<()> {
 }
 
 /// The device of the default IPv4 route (from /proc/net/route).
+/// Where NodePorts answer: the node's IP and every IPv4 address of the node devices (as
+/// kube-proxy does with an empty `nodePortAddresses`, limited to the devices Keel serves).
+fn node_addresses(node_ip: std::net::Ipv4Addr, devices: &[String]) -> Vec<std::net::Ipv4Addr> {
+    let mut out = vec![node_ip];
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if !devices.contains(&a.interface_name) {
+                continue;
+            }
+            if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                let ip = sin.ip();
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
+}
+
 fn default_route_device() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
     routes.lines().skip(1).find_map(|line| {

@@ -339,6 +339,24 @@ fn scenario() -> Result<()> {
         );
     }
 
+    // NodePorts answer on every address of the node devices too (kube-proxy's default).
+    let url = format!("http://{NODE_SIDE_ADDR}:{NODE_PORT}/");
+    let out = Command::new("ip")
+        .args(["netns", "exec", OUTSIDE_NETNS, "busybox", "sh", "-c"])
+        .arg(request_loop("busybox wget", &url, 10))
+        .current_dir(Path::new("/"))
+        .output()
+        .context("running the outside client")?;
+    let side = tally(&String::from_utf8_lossy(&out.stdout));
+    eprintln!(
+        "    and {url} (the address of {NODE_SIDE}): {} of 10 answered, by {} pods",
+        side.ok(),
+        side.by_pod.len()
+    );
+    if side.ok() != 10 {
+        bail!("{} of 10 requests to {url} failed", 10 - side.ok());
+    }
+
     step("summary");
     eprintln!(
         "    ClusterIP: 300/300 answered by {} pods; rolling update: {} failed of {}; NodePort from outside: 30/30 answered by {} pods",
