@@ -130,6 +130,7 @@ fn pod(name: &str) -> SandboxConfig {
         labels: Default::default(),
         annotations: Default::default(),
         resources: Resources::default(),
+        host_network: false,
     }
 }
 
@@ -343,6 +344,111 @@ fn containers_of_a_pod_talk_over_localhost_and_the_node_reaches_the_pod() {
         assert_eq!(st.state, ContainerState::Running);
         rt.remove_sandbox(&sb.id).await.expect("remove_sandbox");
     });
+}
+
+#[test]
+fn a_host_network_pod_shares_the_node_network_namespace() {
+    if !runnable("a_host_network_pod_shares_the_node_network_namespace") {
+        return;
+    }
+    let node = Node::new();
+    in_private_netns(|| async {
+        // Loopback up in this (the "node's") namespace: the pod's server listens on it.
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip link set lo up");
+        assert!(up.success());
+        let rt = node.runtime().await;
+        let links_before = keel_links();
+        let config = SandboxConfig {
+            host_network: true,
+            ..pod("on-host")
+        };
+        let sb = rt.run_sandbox(&config).await.expect("run_sandbox");
+        assert_eq!(sb.ip, None, "no address of its own");
+        assert_eq!(sb.host_veth, None, "no veth");
+        assert!(
+            rt.network().ipam().allocations().is_empty(),
+            "no address claimed"
+        );
+        assert_eq!(keel_links(), links_before);
+        // A server in the pod listens in the node's (here: the test's) namespace.
+        let server = run(
+            &rt,
+            &sb.id,
+            &container(
+                "server",
+                &[
+                    "sh",
+                    "-c",
+                    "mkdir -p /www && echo on-the-host > /www/index.html && \
+                     exec httpd -f -p 127.0.0.1:18080 -h /www",
+                ],
+            ),
+        )
+        .await;
+        let mut reply = String::new();
+        for _ in 0..100 {
+            if let Ok(mut conn) =
+                TcpStream::connect_timeout(&([127, 0, 0, 1], 18080).into(), Duration::from_secs(1))
+            {
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                conn.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let _ = conn.read_to_string(&mut reply);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = rt.container_status(&server).await.unwrap();
+        assert!(
+            reply.contains("on-the-host"),
+            "{reply:?}; server: {st:?} {:?}",
+            log_lines(&st.log_path),
+        );
+        assert_eq!(
+            fs::read_link(format!("/proc/{}/ns/net", st.pid.expect("pid"))).ok(),
+            fs::read_link("/proc/thread-self/ns/net").ok(),
+            "the container is in the node's network namespace"
+        );
+        // Still Ready when listed again (there is no pod netns to look for), and idempotent.
+        let listed = rt.list_sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, SandboxState::Ready);
+        let again = rt
+            .run_sandbox(&config)
+            .await
+            .expect("idempotent run_sandbox");
+        assert_eq!(again.netns, sb.netns);
+        assert_eq!(
+            rt.container_status(&server).await.unwrap().state,
+            ContainerState::Running
+        );
+        rt.remove_sandbox(&sb.id).await.expect("remove_sandbox");
+        assert!(rt.list_sandboxes().await.unwrap().is_empty());
+    });
+}
+
+/// Network devices in the calling thread's namespace (`/sys/class/net` would show the
+/// namespace sysfs was mounted in).
+fn links() -> Vec<String> {
+    let dev = fs::read_to_string("/proc/thread-self/net/dev").expect("reading net/dev");
+    let mut out: Vec<String> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(|n| n.trim().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Host-side veths of pods (`keel…`) in the calling thread's namespace.
+fn keel_links() -> Vec<String> {
+    links()
+        .into_iter()
+        .filter(|n| n.starts_with("keel"))
+        .collect()
 }
 
 fn read_cgroup(hierarchy: &str, rel: &str, file: &str) -> Option<String> {
@@ -746,6 +852,7 @@ fn a_network_without_a_sandbox_record_is_reclaimed_at_start() {
             (kept, orphan)
         };
         assert!(orphan.netns.exists());
+        assert!(keel_links().contains(&orphan.host_veth));
         let rt = node.runtime().await;
         let claims: Vec<String> = rt
             .network()
@@ -754,13 +861,20 @@ fn a_network_without_a_sandbox_record_is_reclaimed_at_start() {
             .into_iter()
             .map(|(_, uid)| uid)
             .collect();
-        assert_eq!(claims, vec![kept.config.uid.clone()], "only the recorded pod keeps its address");
-        assert!(!orphan.netns.exists(), "the orphan's network namespace is gone");
-        let links = std::fs::read_dir("/sys/class/net")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect::<Vec<_>>();
+        assert_eq!(
+            claims,
+            vec![kept.config.uid.clone()],
+            "only the recorded pod keeps its address"
+        );
+        assert!(
+            !orphan.netns.exists(),
+            "the orphan's network namespace is gone"
+        );
+        let links = links();
+        assert!(
+            links.iter().any(|l| l == "lo"),
+            "this thread sees its own namespace: {links:?}"
+        );
         assert!(
             !links.contains(&orphan.host_veth),
             "the orphan's veth {} is gone: {links:?}",

@@ -63,7 +63,13 @@ fn create_outside() -> Result<()> {
         "netns",
         OUTSIDE_NETNS,
     ])?;
-    ip(&["addr", "add", &format!("{NODE_SIDE_ADDR}/24"), "dev", NODE_SIDE])?;
+    ip(&[
+        "addr",
+        "add",
+        &format!("{NODE_SIDE_ADDR}/24"),
+        "dev",
+        NODE_SIDE,
+    ])?;
     ip(&["link", "set", NODE_SIDE, "up"])?;
     let ns = |args: &[&str]| {
         let mut all = vec!["-n", OUTSIDE_NETNS];
@@ -91,9 +97,7 @@ fn remove_outside() {
 
 /// `kubectl ARGS`, output captured; fails with kubectl's message.
 fn kubectl_out(args: &[&str]) -> Result<String> {
-    let out = cluster::kubectl(args)
-        .output()
-        .context("running kubectl")?;
+    let out = cluster::kubectl(args).output().context("running kubectl")?;
     if !out.status.success() {
         bail!(
             "kubectl {}: {}",
@@ -204,17 +208,15 @@ fn scenario() -> Result<()> {
     let manifest = crate::root().join("manifests/demo.yaml");
     step(&format!(
         "kubectl apply -f {}",
-        manifest.strip_prefix(crate::root()).unwrap_or(&manifest).display()
+        manifest
+            .strip_prefix(crate::root())
+            .unwrap_or(&manifest)
+            .display()
     ));
     kubectl_show(&["apply", "-f", &manifest.to_string_lossy()])?;
     step("waiting for the rollout (kubectl rollout status deployment/echo)");
     let t = Instant::now();
-    kubectl_show(&[
-        "rollout",
-        "status",
-        "deployment/echo",
-        "--timeout=180s",
-    ])?;
+    kubectl_show(&["rollout", "status", "deployment/echo", "--timeout=180s"])?;
     kubectl_show(&[
         "wait",
         "--for=condition=Ready",
@@ -224,13 +226,7 @@ fn scenario() -> Result<()> {
     eprintln!("    ready in {:.1} s", t.elapsed().as_secs_f64());
     kubectl_show(&["get", "pods,services", "-o", "wide"])?;
 
-    let cluster_ip = kubectl_out(&[
-        "get",
-        "service",
-        "echo",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])?;
+    let cluster_ip = kubectl_out(&["get", "service", "echo", "-o", "jsonpath={.spec.clusterIP}"])?;
     let cluster_ip = cluster_ip.trim();
     let url = format!("http://{cluster_ip}:80/");
 
@@ -238,7 +234,14 @@ fn scenario() -> Result<()> {
         "300 requests from pod/client to the ClusterIP {url} (socket-level eBPF load balancing)"
     ));
     let t = Instant::now();
-    let out = kubectl_out(&["exec", "client", "--", "sh", "-c", &request_loop("wget", &url, 300)])?;
+    let out = kubectl_out(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &request_loop("wget", &url, 300),
+    ])?;
     let spread = tally(&out);
     eprintln!(
         "    {} answered, {} failed, in {:.2} s; spread over the pods:",
@@ -248,18 +251,30 @@ fn scenario() -> Result<()> {
     );
     spread.print();
     if spread.ok() != 300 {
-        bail!("{} of 300 requests to the ClusterIP failed", 300 - spread.ok());
+        bail!(
+            "{} of 300 requests to the ClusterIP failed",
+            300 - spread.ok()
+        );
     }
     if spread.by_pod.len() < 2 {
         bail!("every request went to one pod: the Service is not load-balanced");
     }
 
-    step("rolling update to a new version (kubectl set env deployment/echo VERSION=v2) while the client keeps sending");
-    let mut client = cluster::kubectl(&["exec", "client", "--", "sh", "-c", &request_loop("wget", &url, 0)])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the client loop")?;
+    step(
+        "rolling update to a new version (kubectl set env deployment/echo VERSION=v2) while the client keeps sending",
+    );
+    let mut client = cluster::kubectl(&[
+        "exec",
+        "client",
+        "--",
+        "sh",
+        "-c",
+        &request_loop("wget", &url, 0),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .context("starting the client loop")?;
     let stdout = client.stdout.take().context("client stdout")?;
     let reader = std::thread::spawn(move || {
         let mut t = Tally::default();
@@ -270,14 +285,8 @@ fn scenario() -> Result<()> {
     });
     // Let the client get going before the update.
     std::thread::sleep(Duration::from_secs(1));
-    let rollout = kubectl_show(&["set", "env", "deployment/echo", "VERSION=v2"]).and_then(|()| {
-        kubectl_show(&[
-            "rollout",
-            "status",
-            "deployment/echo",
-            "--timeout=180s",
-        ])
-    });
+    let rollout = kubectl_show(&["set", "env", "deployment/echo", "VERSION=v2"])
+        .and_then(|()| kubectl_show(&["rollout", "status", "deployment/echo", "--timeout=180s"]));
     // Old pods keep serving for a moment after SIGTERM; keep sending until they are gone.
     let wait_old = wait_until(Duration::from_secs(60), || {
         kubectl_out(&["get", "pods", "-l", "app=echo", "--no-headers"])
@@ -293,7 +302,9 @@ fn scenario() -> Result<()> {
         let _ = client.kill();
     }
     let _ = client.wait();
-    let during = reader.join().map_err(|_| anyhow::anyhow!("client reader panicked"))?;
+    let during = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("client reader panicked"))?;
     rollout?;
     wait_old?;
     stopped?;

@@ -526,13 +526,20 @@ impl PodWorker {
     fn sandbox_config(&self) -> SandboxConfig {
         let meta = &self.pod.metadata;
         let name = meta.name.clone().unwrap_or_default();
-        let hostname = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.hostname.clone())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| name.chars().take(63).collect());
+        let host_network = self.host_network();
+        let hostname = if host_network {
+            // Like the kubelet: a hostNetwork pod sees the node's hostname.
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| self.shared.node_name.clone())
+        } else {
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| name.chars().take(63).collect())
+        };
         SandboxConfig {
             uid: self.uid.clone(),
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -541,7 +548,16 @@ impl PodWorker {
             labels: meta.labels.clone().unwrap_or_default(),
             annotations: meta.annotations.clone().unwrap_or_default(),
             resources: pod_resources(&self.pod),
+            host_network,
         }
+    }
+
+    fn host_network(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
     }
 
     /// The pod's sandbox, created (or adopted) if needed.
@@ -580,6 +596,8 @@ impl PodWorker {
         }
         if let Some(ip) = sandbox.ip {
             self.pod_ip = Some(ip);
+        } else if sandbox.config.host_network {
+            self.pod_ip = Some(self.shared.node_ip);
         }
         self.sandbox = Some(sandbox.clone());
         Ok(sandbox)

@@ -39,6 +39,10 @@ pub struct SandboxConfig {
     pub annotations: BTreeMap<String, String>,
     /// Pod-level cgroup limits (sum of the containers'), if any.
     pub resources: Resources,
+    /// `spec.hostNetwork`: the pod shares the node's network namespace (no netns, veth or
+    /// address of its own).
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -134,6 +134,10 @@ fn host_resolv_conf() -> String {
     main
 }
 
+/// The network namespace of `hostNetwork` pods: opened by the shim, so it names the namespace
+/// the shim was started in (the agent's).
+const HOST_NETNS: &str = "/proc/self/ns/net";
+
 impl ProcessRuntime {
     /// Opens the runtime over its directories: sets up the node side of the pod network
     /// (call it on a thread in the agent's network namespace), creates the parent cgroup, and
@@ -182,8 +186,12 @@ impl ProcessRuntime {
                 continue;
             }
             match self.network.teardown(&uid).await {
-                Ok(()) => tracing::info!(%ip, uid, "reclaimed the network of a pod with no sandbox"),
-                Err(e) => tracing::warn!(%ip, uid, error = %e, "reclaiming an orphaned pod network"),
+                Ok(()) => {
+                    tracing::info!(%ip, uid, "reclaimed the network of a pod with no sandbox")
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, uid, error = %e, "reclaiming an orphaned pod network")
+                }
             }
         }
     }
@@ -456,11 +464,18 @@ impl Runtime for ProcessRuntime {
         };
         if let Some(s) = &existing
             && s.state == SandboxState::Ready
-            && self.network.find(&config.uid).await?.is_some()
+            && (config.host_network || self.network.find(&config.uid).await?.is_some())
         {
             return Ok(s.clone());
         }
-        let attachment = self.network.setup(&config.uid).await?;
+        // (address, network namespace, host-side veth)
+        let (ip, netns, host_veth) = if config.host_network {
+            // The containers join the network namespace their shim starts in: the agent's.
+            (None, PathBuf::from(HOST_NETNS), None)
+        } else {
+            let a = self.network.setup(&config.uid).await?;
+            (Some(a.ip), a.netns, Some(a.host_veth))
+        };
         let pod_cgroup = self.cgroups.pod_path(&config.uid);
         let setup = || -> Result<SandboxStatus> {
             self.cgroups.create(&pod_cgroup, &config.resources)?;
@@ -473,9 +488,9 @@ impl Runtime for ProcessRuntime {
                 id: SandboxId(config.uid.clone()),
                 config: config.clone(),
                 state: SandboxState::Ready,
-                ip: Some(attachment.ip),
-                netns: attachment.netns.clone(),
-                host_veth: Some(attachment.host_veth.clone()),
+                ip,
+                netns: netns.clone(),
+                host_veth: host_veth.clone(),
                 created_at: existing
                     .as_ref()
                     .map_or_else(SystemTime::now, |s| s.created_at),
@@ -538,7 +553,10 @@ impl Runtime for ProcessRuntime {
 
     async fn sandbox_status(&self, id: &SandboxId) -> Result<SandboxStatus> {
         let mut s = self.read_sandbox(&id.0)?;
-        if s.state == SandboxState::Ready && self.network.find(&id.0).await?.is_none() {
+        if s.state == SandboxState::Ready
+            && !s.config.host_network
+            && self.network.find(&id.0).await?.is_none()
+        {
             s.state = SandboxState::NotReady;
         }
         Ok(s)
