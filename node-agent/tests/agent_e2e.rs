@@ -7,8 +7,9 @@
 //!   reached from a client pod (socket level, through the runtime's exec) and from the client
 //!   pod's network namespace outside the cgroup (per packet); the maps follow scaling to zero
 //!   and the Service's deletion.
-//! - `thousand_pods_leave_nothing_behind`: 1 000 pods created and deleted in waves leave no
-//!   process, namespace, veth, address, cgroup, mount, state file or BPF pin behind.
+//! - `thousand_pods_leave_nothing_behind`: 1 000 pods created and deleted (all at once, or in
+//!   waves of `KEEL_E2E_WAVE` pods on a smaller machine) leave no process, namespace, veth,
+//!   address, cgroup, mount, state file or BPF pin behind.
 //! - `kubectl_logs_and_exec_against_the_real_agent`: stock kubectl's `logs` (`--previous`,
 //!   `-f`) and `exec` (exit codes, stderr, stdin) against real containers.
 //!
@@ -52,8 +53,9 @@ use serde_json::json;
 const NODE: &str = "e2e-node";
 const BUSYBOX: &str = "keel.local/busybox:latest";
 const ECHO: &str = "keel.local/echo:latest";
-/// The node device NodePorts answer on: a dummy made in the private namespace.
+/// The node device NodePorts answer on, made in the private namespace, and its veth peer.
 const NODE_DEVICE: &str = "e2enode0";
+const NODE_DEVICE_PEER: &str = "e2enode1";
 const NODE_DEVICE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 /// The agent's streaming port (the kubelet's; free in a private namespace).
 const STREAMING_PORT: u16 = 10250;
@@ -126,17 +128,31 @@ async fn loopback_up() -> Result<()> {
     result
 }
 
-/// The node's external device: a dummy with an address, in the private namespace.
+/// The node's external device: one end of a veth pair (this kernel has no dummy driver)
+/// with an address, in the private namespace.
 async fn add_node_device() -> Result<()> {
     let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
     let task = tokio::spawn(connection);
     let result = async {
         handle
             .link()
-            .add(rtnetlink::LinkDummy::new(NODE_DEVICE).up().build())
+            .add(
+                rtnetlink::LinkVeth::new(NODE_DEVICE, NODE_DEVICE_PEER)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .context("creating the node device")?;
+        for name in [NODE_DEVICE, NODE_DEVICE_PEER] {
+            let index = if_index(name).with_context(|| format!("{name}'s index"))?;
+            handle
+                .link()
+                .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .with_context(|| format!("setting {name} up"))?;
+        }
         let index = if_index(NODE_DEVICE).context("the node device's index")?;
         handle
             .address()
@@ -342,8 +358,11 @@ impl Cluster {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if agent.is_finished() {
-                    let result = (&mut agent).await.context("agent task")?;
-                    bail!("the agent stopped before its node was Ready: {result:?}");
+                    let what = "the agent stopped before its node was Ready";
+                    return match (&mut agent).await.context("agent task")? {
+                        Ok(()) => Err(anyhow::anyhow!(what)),
+                        Err(e) => Err(e.context(what)),
+                    };
                 }
                 let ready = nodes.get_opt(NODE).await?.is_some_and(|n| {
                     let ready = n
@@ -595,7 +614,13 @@ fn service_counters(pin_dir: &Path, rev_nat: u32) -> Result<ServiceCounters> {
     let counters: PerCpuHashMap<MapData, u32, ServiceCounters> =
         pinned_map(pin_dir, map_names::SERVICE_COUNTERS)?.try_into()?;
     let mut sum = ServiceCounters::default();
-    for c in counters.get(&rev_nat, 0)?.iter() {
+    let per_cpu = match counters.get(&rev_nat, 0) {
+        Ok(v) => v,
+        // No traffic yet.
+        Err(aya::maps::MapError::KeyNotFound) => return Ok(sum),
+        Err(e) => return Err(e.into()),
+    };
+    for c in per_cpu.iter() {
         sum.socket_lb += c.socket_lb;
         sum.packet_lb_flows += c.packet_lb_flows;
         sum.packets += c.packets;
@@ -1031,7 +1056,7 @@ fn thousand_pods_leave_nothing_behind() {
         .ok()
         .and_then(|w| w.parse().ok())
         .filter(|w| *w > 0)
-        .unwrap_or(250);
+        .unwrap_or(THOUSAND);
     let node = TestNode::new("thousand").expect("test node");
     build_busybox_image(&node.path("images")).expect("the busybox image");
     let started = Instant::now();
@@ -1091,15 +1116,122 @@ fn node_processes(node: &TestNode) -> Vec<String> {
     found
 }
 
-/// Entries of a directory (none when it is missing).
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
+/// Entries of a directory the runtime keeps (it must exist, so an empty list means
+/// something).
+fn entries(dir: &Path) -> Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
+}
+
+/// What the node holds for its pods, found the way an operator would look.
+#[derive(Debug, Default)]
+struct Footprint {
+    processes: Vec<String>,
+    /// Mounted namespaces under `<run_dir>/netns`.
+    netns: Vec<String>,
+    /// Host veths (`keel` + 8 hex digits) in the node's namespace.
+    veths: Vec<String>,
+    /// Address claims (and interrupted claims) under `<root_dir>/ipam`.
+    addresses: Vec<String>,
+    /// Child cgroups of the node's cgroup parent, in every hierarchy (v1 and v2).
+    cgroups: Vec<PathBuf>,
+    /// Mounts under the node's directories beyond those of an empty node.
+    mounts: Vec<PathBuf>,
+    /// Sandbox and container records, pod directories and pod log directories.
+    files: Vec<String>,
+    /// Pinned links beyond the node's own (the pod veths' tc links).
+    links: Vec<String>,
+}
+
+impl Footprint {
+    fn take(
+        node: &TestNode,
+        cgroups: &Cgroups,
+        base_mounts: &[PathBuf],
+        base_links: &BTreeSet<String>,
+    ) -> Result<Footprint> {
+        let mut cgroup_children = Vec::new();
+        for h in cgroups.hierarchies() {
+            let parent = h.mount.join(&node.cgroup_parent);
+            for e in std::fs::read_dir(&parent)
+                .with_context(|| format!("{}", parent.display()))?
+                .flatten()
+            {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    cgroup_children.push(e.path());
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for dir in ["root/containers", "root/sandboxes", "logs"] {
+            files.extend(
+                entries(&node.path(dir))?
+                    .into_iter()
+                    .map(|e| format!("{dir}/{e}")),
+            );
+        }
+        // Pod directories (volumes) exist only for pods that had some.
+        let pods_dir = node.path("root/pods");
+        if pods_dir.exists() {
+            files.extend(
+                entries(&pods_dir)?
+                    .into_iter()
+                    .map(|e| format!("root/pods/{e}")),
+            );
+        }
+        Ok(Footprint {
+            processes: node_processes(node),
+            netns: entries(&node.path("run/netns"))?,
+            veths: interfaces()
+                .into_iter()
+                .filter(|i| i.len() == 12 && i.starts_with("keel"))
+                .collect(),
+            addresses: entries(&node.path("root/ipam"))?
+                .into_iter()
+                .filter(|e| e.parse::<Ipv4Addr>().is_ok() || e.starts_with(".tmp-"))
+                .collect(),
+            cgroups: cgroup_children,
+            mounts: mounted_under(node.dir.path())
+                .into_iter()
+                .filter(|m| !base_mounts.contains(m))
+                .collect(),
+            files,
+            links: pinned_links(&node.pin_dir)
+                .difference(base_links)
+                .cloned()
+                .collect(),
         })
-        .unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+            && self.netns.is_empty()
+            && self.veths.is_empty()
+            && self.addresses.is_empty()
+            && self.cgroups.is_empty()
+            && self.mounts.is_empty()
+            && self.files.is_empty()
+            && self.links.is_empty()
+    }
+
+    /// Counts, for messages.
+    fn summary(&self) -> String {
+        format!(
+            "{} processes, {} netns, {} veths, {} addresses, {} cgroups, {} mounts, {} files, \
+             {} tc links",
+            self.processes.len(),
+            self.netns.len(),
+            self.veths.len(),
+            self.addresses.len(),
+            self.cgroups.len(),
+            self.mounts.len(),
+            self.files.len(),
+            self.links.len()
+        )
+    }
 }
 
 async fn thousand_scenario(node: &TestNode, cluster: &Cluster, wave: usize) -> Result<()> {
@@ -1108,9 +1240,11 @@ async fn thousand_scenario(node: &TestNode, cluster: &Cluster, wave: usize) -> R
     let base_links = node_links(node)?;
     let base_mounts = mounted_under(node.dir.path());
     let cgroups = Cgroups::detect(&node.cgroup_parent)?;
+    let footprint = || Footprint::take(node, &cgroups, &base_mounts, &base_links);
+    let before = footprint()?;
+    ensure!(before.is_empty(), "a new node holds {before:#?}");
     let waves = THOUSAND.div_ceil(wave);
     let mut created = 0;
-    let mut peak_links = 0;
     for w in 0..waves {
         let count = wave.min(THOUSAND - created);
         let selector = format!("e2e-wave={w}");
@@ -1142,10 +1276,29 @@ async fn thousand_scenario(node: &TestNode, cluster: &Cluster, wave: usize) -> R
         )
         .await?;
         let t_running = t0.elapsed();
+        // What the pods hold while they run (so that the checks below can see it).
         let sandboxes = runtime.list_sandboxes().await?.len();
         ensure!(sandboxes == count, "{sandboxes} sandboxes for {count} pods");
-        let links = pinned_links(&node.pin_dir).len();
-        peak_links = peak_links.max(links);
+        let running = eventually(
+            &format!("a tc link on each of the {count} pod veths"),
+            Duration::from_secs(60),
+            || async {
+                let f = footprint()?;
+                Ok((f.links.len() == count).then_some(f))
+            },
+        )
+        .await?;
+        ensure!(
+            running.netns.len() == count
+                && running.veths.len() == count
+                && running.addresses.len() == count
+                // A shim and the container's process per pod.
+                && running.processes.len() >= 2 * count
+                // The pod's cgroup in each hierarchy.
+                && running.cgroups.len() == count * cgroups.hierarchies().len(),
+            "{count} running pods hold {}",
+            running.summary()
+        );
         pods.delete_collection(
             &DeleteParams::default(),
             &ListParams::default().labels(&selector),
@@ -1154,85 +1307,43 @@ async fn thousand_scenario(node: &TestNode, cluster: &Cluster, wave: usize) -> R
         wait_no_pods(&pods, &selector, Duration::from_secs(240)).await?;
         eprintln!(
             "wave {w}: {count} pods created in {t_created:.1?}, all running at {t_running:.1?}, \
-             all deleted at {:.1?} ({links} links pinned while running)",
-            t0.elapsed()
+             all deleted at {:.1?}; while running: {}",
+            t0.elapsed(),
+            running.summary()
         );
     }
     ensure!(created == THOUSAND);
-    ensure!(
-        peak_links >= base_links.len() + wave.min(THOUSAND),
-        "every pod veth got a tc link"
-    );
 
-    // --- Nothing is left.
+    // --- Nothing is left (the last shims exit a moment after their container).
     ensure!(runtime.list_sandboxes().await?.is_empty(), "sandboxes left");
     ensure!(
         runtime.list_containers(None).await?.is_empty(),
         "containers left"
     );
-    // The shims exit once their container is reaped; give the last ones a moment.
-    eventually(
-        "the node's processes to exit",
+    let emptied = eventually(
+        "the node to hold nothing",
         Duration::from_secs(10),
-        || async { Ok(node_processes(node).is_empty().then_some(())) },
+        || async { Ok(footprint()?.is_empty().then_some(())) },
     )
-    .await
-    .with_context(|| format!("processes left: {:?}", node_processes(node)))?;
-    let netns = entries(&node.path("run").join("netns"));
-    ensure!(netns.is_empty(), "network namespaces left: {netns:?}");
-    let veths: Vec<String> = interfaces()
-        .into_iter()
-        .filter(|i| i.starts_with("keel"))
-        .collect();
-    ensure!(veths.is_empty(), "veths left: {veths:?}");
-    let addresses: Vec<String> = entries(&node.path("root").join("ipam"))
-        .into_iter()
-        .filter(|e| e.parse::<Ipv4Addr>().is_ok() || e.starts_with(".tmp-"))
-        .collect();
-    ensure!(addresses.is_empty(), "IPAM claims left: {addresses:?}");
-    for h in cgroups.hierarchies() {
-        let parent = h.mount.join(&node.cgroup_parent);
-        let children: Vec<String> = std::fs::read_dir(&parent)
-            .with_context(|| format!("{}", parent.display()))?
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
-        ensure!(
-            children.is_empty(),
-            "cgroups left in {}: {children:?}",
-            parent.display()
-        );
+    .await;
+    if let Err(e) = emptied {
+        bail!("{e:#}; left behind: {:#?}", footprint()?);
     }
-    ensure!(
-        mounted_under(node.dir.path()) == base_mounts,
-        "mounts left: {:?}",
-        mounted_under(node.dir.path())
-    );
-    for dir in ["root/containers", "root/sandboxes", "root/pods", "logs"] {
-        let left = entries(&node.path(dir));
-        ensure!(left.is_empty(), "{dir}: {left:?}");
-    }
-    eventually("only the node's links", Duration::from_secs(10), || async {
-        Ok((pinned_links(&node.pin_dir) == base_links).then_some(()))
-    })
-    .await
-    .with_context(|| {
-        let extra: Vec<String> = pinned_links(&node.pin_dir)
-            .difference(&base_links)
-            .cloned()
-            .collect();
-        format!(
-            "{} links left, e.g. {:?}",
-            extra.len(),
-            &extra[..extra.len().min(5)]
-        )
-    })?;
+
+    // The datapath holds no backend in the pod network.
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let pod_cidr: ipnet::Ipv4Net = nodes
+        .get(NODE)
+        .await?
+        .spec
+        .and_then(|s| s.pod_cidr)
+        .context("podCIDR")?
+        .parse()?;
     let maps = read_maps(&node.pin_dir)?;
     let pod_backends: Vec<&Endpoint> = maps
         .backends
         .values()
-        .filter(|e| !e.addr.is_loopback())
+        .filter(|e| pod_cidr.contains(&e.addr))
         .collect();
     ensure!(
         pod_backends.is_empty(),

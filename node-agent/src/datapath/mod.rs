@@ -14,7 +14,7 @@ pub mod sys;
 pub mod translate;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap, HashSet},
     fs,
     net::Ipv4Addr,
     os::{fd::AsFd, unix::fs::MetadataExt as _},
@@ -177,6 +177,9 @@ pub struct Datapath {
     state: MapState,
     node_addrs: BTreeSet<Ipv4Addr>,
     took_over: bool,
+    /// The tc pins of the devices attached through this instance, by (netns inode, ifname):
+    /// a device that is gone (a deleted pod veth) can't be looked up to find its pin.
+    tc_pins: StdHashMap<(u64, String), PathBuf>,
 }
 
 impl Datapath {
@@ -228,6 +231,7 @@ impl Datapath {
             state: MapState::default(),
             node_addrs: BTreeSet::new(),
             took_over,
+            tc_pins: StdHashMap::new(),
         };
         if took_over {
             dp.rebuild_mirror();
@@ -336,10 +340,19 @@ impl Datapath {
         self.attach_tc(ifname, TcProgram::FromNetdev)
     }
 
-    /// Detaches whatever Keel attached to `ifname` (calling thread's netns).
+    /// Detaches whatever Keel attached to `ifname` (calling thread's netns), also when the
+    /// device is already gone (its pin is remembered from the attach).
     pub fn detach_device(&mut self, ifname: &str) -> Result<()> {
-        let pin = self.tc_pin(ifname)?;
-        let _ = fs::remove_file(pin);
+        let remembered = self
+            .tc_pins
+            .remove(&(current_netns(ifname)?, ifname.to_string()));
+        let pins = match (remembered, self.tc_pin(ifname)) {
+            (None, Err(e)) => return Err(e),
+            (remembered, current) => remembered.into_iter().chain(current.ok()),
+        };
+        for pin in pins {
+            let _ = fs::remove_file(pin);
+        }
         Ok(())
     }
 
@@ -348,9 +361,7 @@ impl Datapath {
             what: format!("tc on {ifname}"),
             detail,
         };
-        let netns = fs::metadata("/proc/thread-self/ns/net")
-            .map_err(|e| attach_err(e.to_string()))?
-            .ino();
+        let netns = current_netns(ifname)?;
         let c = std::ffi::CString::new(ifname).map_err(|e| attach_err(e.to_string()))?;
         // SAFETY: valid NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -368,8 +379,10 @@ impl Datapath {
 
     fn attach_tc(&mut self, ifname: &str, which: TcProgram) -> Result<()> {
         let name = which.name();
+        let key = (current_netns(ifname)?, ifname.to_string());
         let pin = self.tc_pin(ifname)?;
         if self.replace_pinned(&pin, name)? {
+            self.tc_pins.insert(key, pin);
             return Ok(());
         }
         let what = format!("{name} to {ifname}");
@@ -394,6 +407,7 @@ impl Datapath {
             detail: e.to_string(),
         })?;
         debug!(program = name, ifname, "attached");
+        self.tc_pins.insert(key, pin);
         Ok(())
     }
 
@@ -654,6 +668,16 @@ impl Datapath {
             source,
         })
     }
+}
+
+/// The calling thread's network namespace (its inode), which tc pins are named with.
+fn current_netns(ifname: &str) -> Result<u64> {
+    fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .map_err(|e| DatapathError::Attach {
+            what: format!("tc on {ifname}"),
+            detail: e.to_string(),
+        })
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
