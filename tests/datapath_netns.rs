@@ -578,3 +578,55 @@ fn restarting_the_loader_mid_traffic_loses_no_connection() {
         "connections failed during a loader restart"
     );
 }
+
+/// The tc pins in the world's pin directory.
+fn tc_pins(pin_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("tc-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn pins_of_devices_deleted_while_no_loader_ran_are_pruned() {
+    if !root_or_skip("pins_of_devices_deleted_while_no_loader_ran_are_pruned") {
+        return;
+    }
+    let mut w = World::new("prune", 2, Proto::Tcp);
+    let before = tc_pins(&w.pin_dir);
+    // Two backend veths, the client's veth and the node's outside device.
+    assert_eq!(before.len(), 4, "{before:?}");
+    // The loader goes away (its pins stay), then a pod's veth is deleted.
+    drop(w.dp.take());
+    let node_ns = w.topo.node_netns().to_string();
+    let gone = w.topo.host_veths()[1].to_string();
+    let status = std::process::Command::new("ip")
+        .args(["-n", &node_ns, "link", "del", &gone])
+        .status()
+        .expect("ip link del");
+    assert!(status.success());
+    // A new loader takes over and prunes in the node's namespace.
+    w.dp = Some(
+        Datapath::load(DatapathConfig {
+            pin_dir: w.pin_dir.clone(),
+            node_name: NODE_NAME.into(),
+        })
+        .expect("take over"),
+    );
+    let removed = run_in_netns(&node_ns, || w.dp().prune_device_pins())
+        .expect("enter node netns")
+        .expect("prune");
+    assert_eq!(removed, 1);
+    let after = tc_pins(&w.pin_dir);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().all(|p| before.contains(p)));
+    // Pruning from another namespace (this thread's) touches nothing of the node's.
+    assert_eq!(w.dp().prune_device_pins().expect("prune"), 0);
+    assert_eq!(tc_pins(&w.pin_dir), after);
+}

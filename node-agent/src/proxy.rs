@@ -56,6 +56,12 @@ impl Proxy {
             datapath.attach_node_device(device)?;
         }
         datapath.set_node_addresses(&config.node_addresses)?;
+        // Pod veths deleted while no agent ran left their pins behind.
+        match datapath.prune_device_pins() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pins = n, "removed the tc pins of devices that are gone"),
+            Err(e) => tracing::warn!(error = %e, "pruning tc pins"),
+        }
         Ok(Proxy {
             datapath: Arc::new(Mutex::new(datapath)),
         })

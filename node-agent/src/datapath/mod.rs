@@ -356,6 +356,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes the tc link pins of devices in the calling thread's network namespace that no
+    /// longer exist (pod veths deleted while no agent was running). Pins of other namespaces
+    /// are left alone. Returns how many were removed.
+    pub fn prune_device_pins(&mut self) -> Result<usize> {
+        let netns = current_netns("(any)")?;
+        let dir = self.pin_dir.join("links");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((pin_netns, ifindex)) = parse_tc_pin(&name) else {
+                continue;
+            };
+            let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+            // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+            let exists = !unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) }.is_null();
+            if pin_netns == netns && !exists && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        self.tc_pins.retain(|_, pin| pin.exists());
+        Ok(removed)
+    }
+
     fn tc_pin(&self, ifname: &str) -> Result<PathBuf> {
         let attach_err = |detail: String| DatapathError::Attach {
             what: format!("tc on {ifname}"),
@@ -670,6 +696,13 @@ impl Datapath {
     }
 }
 
+/// `tc-<netns inode>-<ifindex>-ingress` → (netns inode, ifindex).
+fn parse_tc_pin(name: &str) -> Option<(u64, u32)> {
+    let rest = name.strip_prefix("tc-")?.strip_suffix("-ingress")?;
+    let (netns, ifindex) = rest.split_once('-')?;
+    Some((netns.parse().ok()?, ifindex.parse().ok()?))
+}
+
 /// The calling thread's network namespace (its inode), which tc pins are named with.
 fn current_netns(ifname: &str) -> Result<u64> {
     fs::metadata("/proc/thread-self/ns/net")
@@ -699,5 +732,21 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tc_pin;
+
+    #[test]
+    fn tc_pin_names_parse() {
+        assert_eq!(
+            parse_tc_pin("tc-4026531840-17-ingress"),
+            Some((4026531840, 17))
+        );
+        assert_eq!(parse_tc_pin("tc-x-17-ingress"), None);
+        assert_eq!(parse_tc_pin("cgroup-connect4"), None);
+        assert_eq!(parse_tc_pin("tc-1-2-egress"), None);
     }
 }
