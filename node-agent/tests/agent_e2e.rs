@@ -1528,6 +1528,38 @@ async fn kubectl_scenario(cluster: &Cluster) -> Result<()> {
             .await?,
         "hello\nworld\n"
     );
+    // `exec -it`: kubectl needs a terminal of its own for -t, so it runs under script(1); the
+    // command sees a pty with the size kubectl sent on the resize channel.
+    let cmdline = format!(
+        "stty rows 33 cols 111; {} --kubeconfig {} exec -it shell -- sh -c 'sleep 1; tty; stty -a | head -1; exit 4'",
+        kubectl_bin(),
+        kubectl.kubeconfig.display()
+    );
+    let mut script = tokio::process::Command::new("script");
+    script
+        .args(["-qec", &cmdline, "/dev/null"])
+        .env_remove("KUBECONFIG")
+        // A pipe kept open (an EOF on script's stdin would end kubectl's stdin at once).
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = script.spawn().context("running script(1)")?;
+    let stdin = child.stdin.take();
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .context("kubectl exec -it did not finish within 60 s")?
+        .context("running script(1)")?;
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("/dev/pts/"),
+        "a terminal in the container: {text:?}"
+    );
+    assert!(
+        text.contains("rows 33; columns 111"),
+        "the terminal size arrived: {text:?}"
+    );
+    assert_eq!(out.status.code(), Some(4), "exit code through -t: {text:?}");
     assert_eq!(
         kubectl
             .ok(
