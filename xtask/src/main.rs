@@ -6,6 +6,7 @@
 //! - `bench`: run the datapath benchmark (direct vs iptables vs Keel); `bench api`: the API
 //!   server benchmark (embedded store vs etcd).
 //! - `bench sched`: the scheduler's throughput and a Deployment rollout on hollow nodes.
+//! - `bench pods`: the node agent's pod start latency and memory (100 pods, 10 000 Services).
 //! - `demo`: the local cluster demo (`demo --datapath`: the datapath alone).
 //! - `up` / `down`: a local single-node cluster in the background.
 //! - `images`: build the local OCI images (keel.local/busybox, keel.local/echo) the agent runs.
@@ -44,11 +45,17 @@ enum Task {
     /// `bench api [--quick] [--json PATH]`: the API server on the embedded store vs etcd.
     /// `bench sched [--quick] [--json PATH] [--nodes N] [--pods N]`: scheduling throughput and
     /// a 100-replica rollout on hollow nodes.
+    /// `bench pods [--quick] [--json PATH] [--pods N] [--services N]` (root): the real agent's
+    /// pod start latency (bind -> Running, p50/p99 over 100 pods) and its memory with 100 pods
+    /// and 10 000 Services, in private namespaces.
     Bench {
         /// Arguments for keel-bench (`--quick`, `--json PATH`, `--chart PATH`, `--services 1,1000`),
         /// or `api` then arguments for keel-bench-api (`--quick`, `--json PATH`, `--stores etcd`).
         /// Or `sched` then arguments for keel-bench-sched (`--quick`, `--json PATH`, `--nodes N`,
         /// `--pods N`, `--timeout SECONDS`).
+        /// Or `pods` then arguments for keel-bench-pods (`--quick`, `--json PATH`, `--pods N`,
+        /// `--services N`, `--rate PODS_PER_S`, `--burst`, `--timeout SECONDS`, `--trace CSV`;
+        /// the agent's log is kept in target/bench-pods/agent.log).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -380,6 +387,38 @@ fn bench(args: &[String]) -> Result<()> {
                 "keel-bench-sched",
                 "--",
             ])
+            .args(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("pods") {
+        // The real agent (process runtime, eBPF datapath) in private namespaces: root. It runs
+        // the release keel-agent with the eBPF object built in, and keel.local/busybox from an
+        // image store of the benchmark's own (not the one `up` uses).
+        if !is_root() {
+            bail!("`bench pods` runs the node agent (namespaces, cgroups, BPF): run it as root");
+        }
+        build_ebpf()?;
+        let root = root();
+        let image_dir = root.join("target/bench-images");
+        // Builds keel-control and keel-agent (release) too.
+        images(&image_dir)?;
+        return run(Command::new(cargo())
+            .current_dir(&root)
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "keel-tests",
+                "--bin",
+                "keel-bench-pods",
+                "--",
+            ])
+            .arg("--agent-bin")
+            .arg(root.join("target/release/keel-agent"))
+            .arg("--image-dir")
+            .arg(&image_dir)
+            .arg("--agent-log")
+            .arg(root.join("target/bench-pods/agent.log"))
             .args(&args[1..]));
     }
     build_ebpf()?;
