@@ -489,7 +489,11 @@ impl Datapath {
     }
 
     /// Programs the complete desired state, writing only the entries that change.
-    pub fn sync(&mut self, services: &[Service], slices: &[EndpointSlice]) -> Result<SyncStats> {
+    pub fn sync<S, E>(&mut self, services: &[S], slices: &[E]) -> Result<SyncStats>
+    where
+        S: std::borrow::Borrow<Service>,
+        E: std::borrow::Borrow<EndpointSlice>,
+    {
         let desired = translate(services, slices, &self.node);
         for w in &desired.warnings {
             warn!("{w}");

@@ -150,11 +150,17 @@ struct EndpointState {
 }
 
 /// Translates the cluster's Services and EndpointSlices into the frontends this node serves.
-pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeContext) -> Desired {
+/// Takes the objects themselves or anything that borrows as them (e.g. a reflector's `Arc`s,
+/// so the caller needs no copy).
+pub fn translate<S, E>(services: &[S], slices: &[E], node: &NodeContext) -> Desired
+where
+    S: std::borrow::Borrow<Service>,
+    E: std::borrow::Borrow<EndpointSlice>,
+{
     let mut desired = Desired::default();
     // Index slices by (namespace, service name).
     let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
+    for slice in slices.iter().map(|s| s.borrow()) {
         let Some(name) = slice
             .metadata
             .labels
@@ -175,7 +181,7 @@ pub fn translate(services: &[Service], slices: &[EndpointSlice], node: &NodeCont
     }
 
     // Deterministic order regardless of input order: the first claimant of a frontend wins.
-    let mut ordered: Vec<&Service> = services.iter().collect();
+    let mut ordered: Vec<&Service> = services.iter().map(|s| s.borrow()).collect();
     ordered.sort_by(|a, b| {
         (a.metadata.namespace.as_deref(), a.metadata.name.as_deref())
             .cmp(&(b.metadata.namespace.as_deref(), b.metadata.name.as_deref()))
