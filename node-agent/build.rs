@@ -10,11 +10,10 @@ fn main() {
         .unwrap_or_else(|| manifest.join("../target/bpf/bpfel-unknown-none/release/keel-datapath"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo")).join("keel-datapath.o");
     println!("cargo:rerun-if-env-changed=KEEL_EBPF_OBJECT");
+    // Only the object itself: while it is missing cargo reruns this script on every build (so
+    // it is picked up once it appears); watching its directory instead would rebuild the agent
+    // after every no-op `build-ebpf`, which touches the directory.
     println!("cargo:rerun-if-changed={}", object.display());
-    // Also rerun when the object first appears.
-    if let Some(dir) = object.parent() {
-        println!("cargo:rerun-if-changed={}", dir.display());
-    }
     match fs::read(&object) {
         Ok(bytes) => fs::write(&out, bytes).expect("write OUT_DIR object"),
         Err(_) => fs::write(&out, []).expect("write OUT_DIR stand-in"),
