@@ -356,38 +356,29 @@ fn test(args: &[String]) -> Result<()> {
         .args(args))
 }
 
+/// `cargo run --release -p keel-tests --bin <bin> -- ...`: the benchmark binaries.
+fn bench_bin(bin: &str) -> Command {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "keel-tests",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    cmd
+}
+
 fn bench(args: &[String]) -> Result<()> {
-    if args.first().map(String::as_str) == Some("api") {
+    match args.first().map(String::as_str) {
         // The API benchmark runs keel-control and etcd as an ordinary user: no BPF, no root.
-        return run(Command::new(cargo())
-            .current_dir(root())
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "keel-tests",
-                "--bin",
-                "keel-bench-api",
-                "--",
-            ])
-            .args(&args[1..]));
-    }
-    if args.first().map(String::as_str) == Some("sched") {
+        Some("api") => return run(bench_bin("keel-bench-api").args(&args[1..])),
         // The scheduler benchmark runs keel-control and hollow nodes in one process: no root.
-        return run(Command::new(cargo())
-            .current_dir(root())
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "keel-tests",
-                "--bin",
-                "keel-bench-sched",
-                "--",
-            ])
-            .args(&args[1..]));
+        Some("sched") => return run(bench_bin("keel-bench-sched").args(&args[1..])),
+        _ => {}
     }
     if args.first().map(String::as_str) == Some("pods") {
         // The real agent (process runtime, eBPF datapath) in private namespaces: root. It runs
@@ -401,18 +392,7 @@ fn bench(args: &[String]) -> Result<()> {
         let image_dir = root.join("target/bench-images");
         // Builds keel-control and keel-agent (release) too.
         images(&image_dir)?;
-        return run(Command::new(cargo())
-            .current_dir(&root)
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "keel-tests",
-                "--bin",
-                "keel-bench-pods",
-                "--",
-            ])
+        return run(bench_bin("keel-bench-pods")
             .arg("--agent-bin")
             .arg(root.join("target/release/keel-agent"))
             .arg("--image-dir")
@@ -425,19 +405,7 @@ fn bench(args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("the benchmark builds network namespaces and loads BPF programs: run it as root");
     }
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "keel-tests",
-            "--bin",
-            "keel-bench",
-            "--",
-        ])
-        .args(args))
+    run(bench_bin("keel-bench").args(args))
 }
 
 fn datapath_demo() -> Result<()> {
